@@ -1,0 +1,78 @@
+"""One test suite, parametrised over backends: NumPy, array-api-strict, PyTorch-CPU (when
+installed) and CuPy (when a CUDA device is present)."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from xpdnn import _backend as B
+from xpdnn.devices import cuda_available
+
+
+class Backend:
+    """Test helper: ``asarray`` puts a host NumPy array into this backend; ``numpy`` reads back."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "numpy":
+            self.lib = np
+        elif name == "array_api_strict":
+            import array_api_strict
+
+            array_api_strict.set_array_api_strict_flags(api_version="2024.12")
+            self.lib = array_api_strict
+        elif name == "torch":
+            import torch
+
+            self.lib = torch
+        elif name == "cupy":
+            import cupy
+
+            self.lib = cupy
+        self.xp = B.namespace(self.asarray(np.zeros(1)))
+
+    def asarray(self, a, dtype=None):
+        a = np.asarray(a) if dtype is None else np.asarray(a, dtype=dtype)
+        if self.name == "numpy":
+            return a.copy()
+        if self.name == "torch":
+            return self.lib.from_numpy(np.ascontiguousarray(a).copy())
+        return self.lib.asarray(a)
+
+    def numpy(self, a):
+        return B.to_numpy(a)
+
+    def __repr__(self):
+        return self.name
+
+
+def _available():
+    names = ["numpy", "array_api_strict"]
+    try:
+        importlib.import_module("torch")
+        names.append("torch")
+    except ImportError:
+        pass
+    if cuda_available()[0]:
+        names.append("cupy")
+    return names
+
+
+BACKENDS = _available()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return Backend(request.param)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def pytest_report_header(config):
+    return f"xpdnn backends under test: {', '.join(BACKENDS)}"

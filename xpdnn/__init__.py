@@ -1,0 +1,16 @@
+"""xpdnn: deep feed-forward networks on any Array API library (NumPy, CuPy, PyTorch, ...)."""
+
+from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary)
+from .losses import Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError
+from .optim import Optimizer, SGD
+from .trainer import Trainer, Callback, EarlyStopping, TrainingError
+from .io import save, load, load_optimizer
+from .random import Stream
+from . import init, random, datasets
+
+__version__ = "0.1.0"
+
+
+def summary(net, n_in=None):
+    """Neurons and learnable parameters per layer of ``net``."""
+    return net.summary(n_in)

@@ -1,0 +1,129 @@
+"""Backend handling: namespaces, devices, dtypes and host<->device moves.
+
+Generic code never imports NumPy for computation; it asks the data for its namespace
+(``xp = namespace(X, W)``) once per call.  This module is the only place that knows how
+individual libraries (NumPy, CuPy, PyTorch, array-api-strict) move data to and from the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import array_api_compat
+from array_api_compat import array_namespace, device as _device
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def namespace(*arrays):
+    """The Array API namespace shared by ``arrays``; a clear error if they mix libraries."""
+    arrays = [a for a in arrays if a is not None]
+    try:
+        return array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays})
+        raise TypeError(
+            "arrays from different array libraries were mixed: " + ", ".join(kinds)
+            + "; convert them to one library first"
+        ) from exc
+
+
+def device(x):
+    return _device(x)
+
+
+def same_device(*arrays) -> None:
+    """Raise if ``arrays`` (all of one library) live on different devices."""
+    devs = [device(a) for a in arrays if a is not None]
+    for d in devs[1:]:
+        if d != devs[0]:
+            raise ValueError(f"arrays live on different devices: {devs[0]} and {d}")
+
+
+def is_numpy(x) -> bool:
+    return array_api_compat.is_numpy_array(x)
+
+
+def is_cupy(x) -> bool:
+    return array_api_compat.is_cupy_array(x)
+
+
+def is_torch(x) -> bool:
+    return array_api_compat.is_torch_array(x)
+
+
+def is_array(x) -> bool:
+    return array_api_compat.is_array_api_obj(x)
+
+
+def dtype_name(dtype) -> str:
+    """'float32', 'int64', ... for a dtype of any library."""
+    name = str(dtype)
+    if name.startswith("<class"):
+        return np.dtype(dtype).name
+    return name.rsplit(".", 1)[-1].rstrip("'>")
+
+
+def resolve_dtype(xp, name: str):
+    if name not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {name!r}")
+    return getattr(xp, name)
+
+
+def to_numpy(x) -> np.ndarray:
+    """A host NumPy copy (or view) of ``x``."""
+    if isinstance(x, np.ndarray):
+        return x
+    if is_cupy(x):
+        return x.get()
+    if is_torch(x):
+        return x.detach().cpu().numpy()
+    if isinstance(x, (int, float, list, tuple)):
+        return np.asarray(x)
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, BufferError, RuntimeError):
+        return np.asarray(x)
+
+
+def from_numpy(a: np.ndarray, like):
+    """Move a host array into the library and onto the device of ``like``."""
+    xp = array_namespace(like)
+    a = np.ascontiguousarray(a)
+    if isinstance(like, np.ndarray):
+        return a
+    if is_cupy(like):
+        import cupy
+
+        with cupy.cuda.Device(like.device.id):
+            return cupy.asarray(a)
+    if is_torch(like):
+        import torch
+
+        return torch.from_numpy(a.copy()).to(like.device)
+    return xp.asarray(a, device=device(like))
+
+
+def to_float(x) -> float:
+    """Read a 0-d array as a Python float (one host sync)."""
+    return float(to_numpy(x))
+
+
+def check_floating(X, what="X"):
+    xp = namespace(X)
+    if not xp.isdtype(X.dtype, "real floating"):
+        raise TypeError(f"{what} must be a floating-point array, got dtype {dtype_name(X.dtype)}")
+
+
+def check_finite(X, what="X"):
+    xp = namespace(X)
+    if not bool(xp.all(xp.isfinite(X))):
+        raise ValueError(f"{what} contains NaN or Inf values")
+
+
+def as_array(X, what="X"):
+    """Accept Array API arrays as they are and lists/tuples as NumPy arrays."""
+    if is_array(X):
+        return X
+    if isinstance(X, (list, tuple)):
+        return np.asarray(X)
+    raise TypeError(f"{what} must be an array (NumPy, CuPy, PyTorch, array-api-strict), got {type(X).__name__}")

@@ -1,0 +1,1 @@
+from .digits import load_digits, train_test_split

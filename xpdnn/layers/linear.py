@@ -1,0 +1,69 @@
+"""Fully connected layer: Y = X W^T + b."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _backend as B
+from .. import init as initializers
+from .base import Layer
+
+
+class Linear(Layer):
+    """``Y = X @ W.T + b``.
+
+    X: (N, n_in) -> Y: (N, n_out).  ``W``: (n_out, n_in), one row of incoming weights per unit;
+    ``b``: (n_out,).  ``init`` names an initializer in :mod:`xpdnn.init` (He by default);
+    ``bias`` is the constant the biases start at.
+    """
+
+    decay = ("W",)
+
+    def __init__(self, n_in: int, n_out: int, *, init="he", bias: float = 0.0, use_bias: bool = True,
+                 seed: int = 0, dtype: str = "float32"):
+        super().__init__(dtype)
+        if int(n_in) < 1 or int(n_out) < 1:
+            raise ValueError(f"Linear needs positive sizes, got n_in={n_in}, n_out={n_out}")
+        self._n_in, self.n_out = int(n_in), int(n_out)
+        self.init, self.bias, self.use_bias, self.seed = init, float(bias), bool(use_bias), int(seed)
+        self.n_neurons = self.n_out
+        self.reset_parameters(np.random.default_rng(self.seed))
+
+    @property
+    def n_in(self):
+        return self._n_in
+
+    def reset_parameters(self, rng) -> None:
+        W = initializers.get(self.init)(rng, self._n_in, self.n_out)
+        like = self.params.get("W")
+        self.params["W"] = np.asarray(W, dtype=self.dtype)
+        if self.use_bias:
+            self.params["b"] = np.full((self.n_out,), self.bias, dtype=self.dtype)
+        if like is not None:
+            self.to(like=like)
+        else:
+            self._reset_grads()
+
+    def output_size(self, n_in):
+        return self.n_out
+
+    def get_config(self):
+        return {"n_in": self._n_in, "n_out": self.n_out, "init": self.init if isinstance(self.init, str) else "he",
+                "bias": self.bias, "use_bias": self.use_bias, "seed": self.seed, "dtype": self.dtype}
+
+    def forward(self, X, *, train=False, rng=None):
+        W = self.params["W"]
+        if X.ndim != 2 or X.shape[1] != self._n_in:
+            raise ValueError(f"Linear expects input of shape (N, {self._n_in}), got {tuple(X.shape)}")
+        Y = X @ W.T
+        if self.use_bias:
+            Y = Y + self.params["b"]
+
+        def backprop(dY):
+            xp = B.namespace(dY)
+            self.grads["W"] += dY.T @ X
+            if self.use_bias:
+                self.grads["b"] += xp.sum(dY, axis=0)
+            return dY @ W
+
+        return Y, backprop

@@ -1,0 +1,56 @@
+"""Loss protocol: ``loss, dlogits = loss_fn(logits, targets)``.
+
+``loss`` is a 0-d array on the logits' device (reading it is the caller's choice: one host
+sync); ``dlogits`` has the logits' shape and already includes the reduction's scale.
+``check_targets(y, n_outputs)`` validates a whole target array once, before training.
+"""
+
+from __future__ import annotations
+
+from .. import _backend as B
+
+LOSSES: dict[str, type] = {}
+
+
+class Loss:
+    classification = False   # True when targets are class labels and accuracy is meaningful
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        LOSSES[cls.__name__] = cls
+
+    def __call__(self, logits, targets):
+        raise NotImplementedError
+
+    def check_targets(self, y, n_outputs: int | None):
+        return y
+
+    def get_config(self) -> dict:
+        return {}
+
+
+def check_labels(y, n_classes: int | None, *, ignore_index: int | None = None, what="y"):
+    """Integer class labels in ``[0, n_classes)`` (``ignore_index`` allowed too)."""
+    xp = B.namespace(y)
+    if y.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of class labels, got shape {tuple(y.shape)}")
+    if xp.isdtype(y.dtype, "real floating"):
+        if not bool(xp.all(xp.isfinite(y))):
+            raise ValueError(f"{what} contains NaN or Inf; class labels must be integers")
+        if not bool(xp.all(y == xp.round(y))):
+            raise ValueError(f"{what} contains non-integer values; class labels must be integers")
+    elif not xp.isdtype(y.dtype, "integral"):
+        raise TypeError(f"{what} must hold integer class labels, got dtype {B.dtype_name(y.dtype)}")
+    y = xp.astype(y, xp.int64)
+    if y.shape[0] == 0:
+        return y
+    valid = y if ignore_index is None else y[y != ignore_index]
+    if valid.shape[0] == 0:
+        return y
+    lo, hi = int(xp.min(valid)), int(xp.max(valid))
+    if lo < 0:
+        raise ValueError(f"{what} contains negative class label {lo}")
+    if n_classes is not None and hi >= n_classes:
+        raise ValueError(f"{what} contains class label {hi} but the model has only {n_classes} outputs "
+                         f"(labels must be in [0, {n_classes - 1}])")
+    return y

@@ -1,0 +1,55 @@
+"""Optimizer protocol: ``optimizer.step(net)`` updates every parameter of ``net`` from its
+accumulated gradient.  State is keyed by the parameter's stable path, ``"layers.0/W"``."""
+
+from __future__ import annotations
+
+from .. import _backend as B
+
+OPTIMIZERS: dict[str, type] = {}
+
+
+class Optimizer:
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        OPTIMIZERS[cls.__name__] = cls
+
+    def __init__(self, lr: float):
+        if not float(lr) > 0:
+            raise ValueError(f"learning rate must be positive, got {lr}")
+        self.lr = float(lr)
+        self.state: dict[str, dict] = {}
+        self.steps = 0
+
+    def step(self, net) -> None:
+        for path, layer, name in net.parameters():
+            key = f"{path}/{name}"
+            layer.params[name] = self.update(key, layer.params[name], layer.grads[name],
+                                             decay=name in layer.decay)
+        self.steps += 1
+
+    def update(self, key, W, dW, *, decay: bool):
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> tuple[dict, dict]:
+        """(JSON-able scalars, {name: array}) describing the whole optimizer state."""
+        arrays = {f"{key}/{slot}": a for key, slots in sorted(self.state.items()) for slot, a in sorted(slots.items())}
+        return {"type": type(self).__name__, "config": self.get_config(), "steps": self.steps, "lr": self.lr}, arrays
+
+    def load_state_dict(self, meta: dict, arrays: dict, like=None) -> None:
+        self.steps = int(meta["steps"])
+        self.lr = float(meta["lr"])
+        self.state = {}
+        for full, a in arrays.items():
+            key, slot = full.rsplit("/", 1)
+            self.state.setdefault(key, {})[slot] = B.from_numpy(B.to_numpy(a), like=like) if like is not None else a
+
+
+def optimizer_from_state(meta: dict):
+    try:
+        cls = OPTIMIZERS[meta["type"]]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {meta.get('type')!r}") from None
+    return cls(**meta["config"])

@@ -1,0 +1,245 @@
+"""Mini-batch training loop."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from . import _backend as B
+from .layers.sequential import Sequential
+from .losses.base import Loss
+from .random import Stream
+
+
+class TrainingError(RuntimeError):
+    """Training stopped because the loss became NaN or Inf."""
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; set ``trainer.stop_training = True`` to stop."""
+
+    def on_train_begin(self, trainer): ...
+    def on_epoch_begin(self, trainer, epoch): ...
+    def on_batch_end(self, trainer, step, logs): ...
+    def on_epoch_end(self, trainer, epoch, logs): ...
+    def on_train_end(self, trainer): ...
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
+    with ``restore_best`` the best epoch's weights are put back at the end."""
+
+    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
+        self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), float(min_delta), restore_best
+        self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+
+    def on_train_begin(self, trainer):
+        self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not logged "
+                             f"(logged: {sorted(logs)}); pass validation data to fit()")
+        value = logs[self.monitor]
+        if value < self.best - self.min_delta:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best:
+                self.best_state = {k: B.to_numpy(v).copy() for k, v in trainer.net.state_arrays().items()}
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.restore_best and self.best_state is not None:
+            trainer.net.load_state_arrays(self.best_state)
+
+
+class Trainer:
+    """Trains ``net`` with ``loss`` and ``optimizer`` on mini-batches.
+
+    ``fit(X, y, validation=(X_val, y_val))`` runs ``epochs`` epochs of ``ceil(N / batch_size)``
+    steps each (``batch_size=N`` is batch gradient descent, ``1`` is stochastic), reshuffling
+    every epoch, and returns the history: per-epoch ``loss``, ``accuracy`` (classification
+    losses), ``val_loss``, ``val_accuracy``, ``time`` and ``lr``.
+
+    One ``seed`` drives everything: the initial weights (a fresh network is initialized from
+    it), the shuffling (epoch ``e`` uses the permutation of NumPy's generator seeded with
+    ``[seed, e]``) and the dropout masks (a Philox :class:`~xpdnn.random.Stream`).
+    """
+
+    def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
+                 seed: int = 0, callbacks=(), progress: bool = True, device=None):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(epochs) < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        self.net, self.loss, self.optimizer = net, loss, optimizer
+        self.batch_size, self.epochs, self.seed = int(batch_size), int(epochs), int(seed)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.device = device
+        self.rng = Stream(self.seed)
+        self.epoch = 0               # epochs completed so far (a resumed run starts here)
+        self.history: dict[str, list] = {}
+        self.stop_training = False
+
+    # -- validation of inputs -------------------------------------------------------
+    def _check_data(self, X, y, what=""):
+        X = B.as_array(X, f"X{what}")
+        y = B.as_array(y, f"y{what}")
+        B.namespace(X, y)      # raises on mixed libraries
+        B.same_device(X, y)
+        B.check_floating(X, f"X{what}")
+        if X.ndim != 2:
+            raise ValueError(f"X{what} must be 2-D (samples, features), got shape {tuple(X.shape)}")
+        if X.shape[0] == 0:
+            raise ValueError(f"X{what} is empty: no samples to train on")
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"X{what} has {X.shape[0]} samples but y{what} has {y.shape[0]}")
+        n_in = self.net.n_in
+        if n_in is not None and X.shape[1] != n_in:
+            raise ValueError(f"X{what} has {X.shape[1]} features but the first layer expects {n_in}")
+        B.check_finite(X, f"X{what}")
+        y = self.loss.check_targets(y, self.net.output_size(X.shape[1]))
+        xp = B.namespace(X)
+        X = xp.astype(X, B.resolve_dtype(xp, self.net.dtype), copy=False)
+        return X, y
+
+    def _place(self, X, y):
+        """Honour ``device=`` by moving the data there (e.g. ``"cuda"`` for CuPy)."""
+        if self.device is None:
+            return X, y
+        from .devices import put
+        return put(X, self.device), put(y, self.device)
+
+    # -- training -------------------------------------------------------------------
+    def fit(self, X, y, validation=None):
+        X, y = self._place(*self._check_data(X, y))
+        val = None
+        if validation is not None:
+            val = self._place(*self._check_data(*validation, what="_val"))
+            B.namespace(X, val[0])
+            B.same_device(X, val[0])
+        net = self.net
+        if getattr(net, "fresh", False):
+            net.initialize(self.seed)
+        net.ensure_like(X)
+        self.stop_training = False
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        start_epoch = self.epoch
+        for epoch in range(start_epoch, self.epochs):
+            for cb in self.callbacks:
+                cb.on_epoch_begin(self, epoch)
+            logs = self._run_epoch(X, y, epoch)
+            if val is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(v)
+            self.epoch = epoch + 1
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+            if self.progress:
+                print(self._format_logs(epoch, logs), flush=True)
+            if self.stop_training:
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _run_epoch(self, X, y, epoch):
+        xp = B.namespace(X)
+        N = X.shape[0]
+        steps = -(-N // self.batch_size)
+        order = np.random.default_rng([self.seed, epoch]).permutation(N)
+        order = B.from_numpy(order.astype(np.int64), like=y)
+        net, loss_fn, opt = self.net, self.loss, self.optimizer
+        total = xp.zeros((), dtype=X.dtype, device=B.device(X))
+        correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
+        bar = self._bar(epoch, N)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            Xb = xp.take(X, idx, axis=0)
+            yb = xp.take(y, idx, axis=0)
+            net.zero_grad()
+            Z, backprop = net.forward(Xb, train=True, rng=self.rng)
+            loss, dZ = loss_fn(Z, yb)
+            if not bool(xp.isfinite(loss)):
+                raise TrainingError(
+                    f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training stopped "
+                    "before this step's update, so the model keeps the last good weights "
+                    "(try a lower learning rate)")
+            backprop(dZ)
+            opt.step(net)
+            n = Xb.shape[0]
+            total = total + loss * n
+            if loss_fn.classification:
+                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == yb, xp.int64))
+            if bar is not None:
+                bar.update(n)
+                if step % 10 == 9 or step == steps - 1:
+                    bar.set_postfix(loss=f"{float(total) / min(N, (step + 1) * self.batch_size):.4f}", refresh=False)
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        logs = {"loss": float(total) / N, "time": seconds, "samples_per_s": N / seconds if seconds else math.inf,
+                "lr": opt.lr}
+        if loss_fn.classification:
+            logs["accuracy"] = int(correct) / N
+        return logs
+
+    def _bar(self, epoch, N):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=N, desc=f"epoch {epoch + 1}/{self.epochs}", unit="sample", leave=False,
+                    dynamic_ncols=True)
+
+    @staticmethod
+    def _format_logs(epoch, logs):
+        keys = ["loss", "accuracy", "val_loss", "val_accuracy"]
+        parts = [f"{k} {logs[k]:.4f}" for k in keys if k in logs]
+        return f"epoch {epoch + 1}: " + "  ".join(parts) + f"  ({logs['samples_per_s']:,.0f} samples/s)"
+
+    def evaluate(self, X, y, batch_size: int = 4096) -> dict:
+        """Mean loss (and accuracy for classification losses) of the net on (X, y)."""
+        xp = B.namespace(X)
+        N = X.shape[0]
+        total, correct = 0.0, 0
+        for start in range(0, N, batch_size):
+            Xb, yb = X[start:start + batch_size, ...], y[start:start + batch_size, ...]
+            Z = self.net.forward(Xb, train=False)[0]
+            loss = self.loss(Z, yb)[0]
+            total += float(loss) * Xb.shape[0]
+            if self.loss.classification:
+                correct += int(xp.sum(xp.astype(xp.argmax(Z, axis=1) == yb, xp.int64)))
+        out = {"loss": total / N}
+        if self.loss.classification:
+            out["accuracy"] = correct / N
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Checkpoint the net, optimizer state, Philox counter and epoch (see :func:`xpdnn.save`)."""
+        from .io import save
+        save(self.net, path, trainer=self)
+
+    def restore(self, path) -> None:
+        """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, RNG, epoch);
+        ``fit`` then continues from the saved epoch up to ``epochs``."""
+        from .io import load_checkpoint
+        net, opt_meta, opt_arrays, trainer_meta = load_checkpoint(path)
+        like = next(iter(self.net.state_arrays().values()), None)
+        self.net.load_state_arrays(net.state_arrays())
+        self.net.fresh = False
+        if opt_meta is not None:
+            self.optimizer.load_state_dict(opt_meta, opt_arrays, like=like)
+        if trainer_meta is not None:
+            self.rng.load_state_dict(trainer_meta["rng"])
+            self.epoch = int(trainer_meta["epoch"])
+            self.seed = int(trainer_meta["seed"])
+            self.history = trainer_meta.get("history", {})
