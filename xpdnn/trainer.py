@@ -22,6 +22,7 @@ class Callback:
 
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch): ...
+    def on_batch_begin(self, trainer, step): ...
     def on_batch_end(self, trainer, step, logs): ...
     def on_epoch_end(self, trainer, epoch, logs): ...
     def on_train_end(self, trainer): ...
@@ -71,7 +72,8 @@ class Trainer:
     """
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
-                 seed: int = 0, callbacks=(), progress: bool = True, device=None):
+                 seed: int = 0, callbacks=(), progress: bool = True, device=None,
+                 regularizers=(), clip=None, constraints=()):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -79,6 +81,10 @@ class Trainer:
         self.net, self.loss, self.optimizer = net, loss, optimizer
         self.batch_size, self.epochs, self.seed = int(batch_size), int(epochs), int(seed)
         self.callbacks = list(callbacks)
+        # regularizers: ``r(net) -> penalty`` adds its gradient into the layers' grads (before the step)
+        # clip: ``clip(net)`` rescales the gradients (before the step)
+        # constraints: ``c(net)`` projects the parameters (after the step), e.g. max-norm
+        self.regularizers, self.clip, self.constraints = list(regularizers), clip, list(constraints)
         self.progress = progress
         self.device = device
         self.rng = Stream(self.seed)
@@ -161,7 +167,10 @@ class Trainer:
         correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
         bar = self._bar(epoch, N)
         t0 = time.perf_counter()
+        self.global_step = getattr(self, "global_step", 0)
         for step in range(steps):
+            for cb in self.callbacks:
+                cb.on_batch_begin(self, step)
             idx = order[step * self.batch_size:(step + 1) * self.batch_size]
             Xb = xp.take(X, idx, axis=0)
             yb = xp.take(y, idx, axis=0)
@@ -174,11 +183,20 @@ class Trainer:
                     "before this step's update, so the model keeps the last good weights "
                     "(try a lower learning rate)")
             backprop(dZ)
+            for reg in self.regularizers:
+                loss = loss + reg(net)
+            if self.clip is not None:
+                self.clip(net)
             opt.step(net)
+            for constraint in self.constraints:
+                constraint(net)
+            self.global_step += 1
             n = Xb.shape[0]
             total = total + loss * n
             if loss_fn.classification:
                 correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == yb, xp.int64))
+            for cb in self.callbacks:
+                cb.on_batch_end(self, step, {"loss": loss, "size": n})
             if bar is not None:
                 bar.update(n)
                 if step % 10 == 9 or step == steps - 1:

@@ -1,0 +1,1 @@
+"""CUDA fast paths (CuPy RawKernel).  Nothing here touches the GPU at import time."""
