@@ -39,6 +39,7 @@ def save(net, path, *, trainer=None, optimizer=None) -> None:
         tensors.update({_OPT + k: _host(v) for k, v in opt_arrays.items()})
     if trainer is not None:
         meta["trainer"] = {"epoch": trainer.epoch, "seed": trainer.seed, "rng": trainer.rng.state_dict(),
+                           "global_step": trainer.global_step,
                            "history": trainer.history}
     blob = st_save(tensors, metadata={"xpdnn": json.dumps(meta)})
     path = os.fspath(path)

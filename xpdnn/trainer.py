@@ -89,6 +89,7 @@ class Trainer:
         self.device = device
         self.rng = Stream(self.seed)
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
+        self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
         self.stop_training = False
 
@@ -167,7 +168,6 @@ class Trainer:
         correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
         bar = self._bar(epoch, N)
         t0 = time.perf_counter()
-        self.global_step = getattr(self, "global_step", 0)
         for step in range(steps):
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
@@ -260,4 +260,5 @@ class Trainer:
             self.rng.load_state_dict(trainer_meta["rng"])
             self.epoch = int(trainer_meta["epoch"])
             self.seed = int(trainer_meta["seed"])
+            self.global_step = int(trainer_meta.get("global_step", 0))
             self.history = trainer_meta.get("history", {})
