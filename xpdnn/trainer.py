@@ -171,7 +171,7 @@ class Trainer:
         for step in range(steps):
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
-            idx = order[step * self.batch_size:(step + 1) * self.batch_size]
+            idx = order[step * self.batch_size:min((step + 1) * self.batch_size, N)]
             Xb = xp.take(X, idx, axis=0)
             yb = xp.take(y, idx, axis=0)
             net.zero_grad()
@@ -229,7 +229,8 @@ class Trainer:
         N = X.shape[0]
         total, correct = 0.0, 0
         for start in range(0, N, batch_size):
-            Xb, yb = X[start:start + batch_size, ...], y[start:start + batch_size, ...]
+            stop = min(start + batch_size, N)
+            Xb, yb = X[start:stop, ...], y[start:stop, ...]
             Z = self.net.forward(Xb, train=False)[0]
             loss = self.loss(Z, yb)[0]
             total += float(loss) * Xb.shape[0]

@@ -81,6 +81,10 @@ class Sequential(Layer):
         return cls(*[layer_from_config(spec) for spec in config["layers"]])
 
     # -- inference ------------------------------------------------------------------
+    def __call__(self, X):
+        """Evaluation-mode output for ``X`` (validated, cast to the model's dtype)."""
+        return self.forward(self.prepare(X), train=False)[0]
+
     def prepare(self, X, what="X"):
         """Validate ``X``, move the parameters next to it and cast it to the model's dtype."""
         X = B.as_array(X, what)
@@ -101,7 +105,7 @@ class Sequential(Layer):
         xp = B.namespace(X)
         outs = []
         for start in range(0, X.shape[0], batch_size):
-            Y = self.forward(X[start:start + batch_size, ...], train=False)[0]
+            Y = self.forward(X[start:min(start + batch_size, X.shape[0]), ...], train=False)[0]
             outs.append(Y if isinstance(self.layers[-1], Softmax) else softmax(Y))
         return xp.concat(outs, axis=0) if outs else xp.zeros((0, self.output_size(None) or 0))
 

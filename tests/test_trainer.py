@@ -1,0 +1,259 @@
+"""Trainer, checkpoints, bad input and the main job."""
+
+import os
+
+import numpy as np
+import pytest
+
+import xpdnn as xd
+from xpdnn import _backend as B
+
+
+def _blobs(rng, n=120, d=5, c=3):
+    centers = rng.standard_normal((c, d)) * 3
+    y = rng.integers(0, c, n)
+    return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y.astype(np.int64)
+
+
+def _net(d=5, c=3, dropout=0.2):
+    return xd.Sequential(xd.Linear(d, 16), xd.ReLU(), xd.Dropout(dropout), xd.Linear(16, c))
+
+
+def _trainer(net, epochs=3, **kw):
+    return xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+                      batch_size=16, epochs=epochs, seed=7, progress=False, **kw)
+
+
+def test_outputs_come_back_in_the_input_library(backend, rng):
+    X, y = _blobs(rng)
+    net = _net()
+    _trainer(net, epochs=1).fit(backend.asarray(X), backend.asarray(y))
+    Xb = backend.asarray(X)
+    P, labels = net.predict_proba(Xb), net.predict(Xb)
+    assert B.namespace(P) is backend.xp and B.namespace(labels) is backend.xp
+    assert tuple(P.shape) == (120, 3) and tuple(labels.shape) == (120,)
+    np.testing.assert_allclose(backend.numpy(P).sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_history_identical_across_backends(backend, rng):
+    """Same seed, same data: the loss history on any backend equals NumPy's (the strict run proves
+    the code is standard-only)."""
+    X, y = _blobs(rng)
+    ref = _trainer(_net(), epochs=4).fit(X, y, validation=(X[:30], y[:30]))
+    got = _trainer(_net(), epochs=4).fit(backend.asarray(X), backend.asarray(y),
+                                         validation=(backend.asarray(X[:30]), backend.asarray(y[:30])))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, err_msg=key)
+    assert len(got["loss"]) == 4
+
+
+def test_iterations_per_epoch_and_batch_extremes(rng):
+    X, y = _blobs(rng, n=50)
+    steps = []
+
+    class Count(xd.Callback):
+        def on_batch_end(self, trainer, step, logs):
+            steps.append(int(logs["size"]))
+
+    for bs, expected in [(16, [16, 16, 16, 2]), (50, [50]), (1, [1] * 50)]:
+        steps.clear()
+        xd.Trainer(_net(), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.01), batch_size=bs, epochs=1,
+                   progress=False, callbacks=[Count()]).fit(X, y)
+        assert steps == expected
+
+
+def test_resume_from_checkpoint_is_bitwise_identical(tmp_path, rng):
+    X, y = _blobs(rng)
+    full = _trainer(_net(), epochs=4)
+    full.fit(X, y)
+    first = _trainer(_net(), epochs=2)
+    first.fit(X, y)
+    first.save(tmp_path / "ckpt.xpd")
+    resumed = _trainer(_net(), epochs=4)
+    resumed.restore(tmp_path / "ckpt.xpd")
+    assert resumed.epoch == 2
+    resumed.fit(X, y)
+    for k, v in full.net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(resumed.net.state_arrays()[k]), B.to_numpy(v), err_msg=k)
+    assert resumed.history["loss"] == full.history["loss"]
+
+
+def test_save_load_roundtrip_and_predictions(tmp_path, backend, rng):
+    X, y = _blobs(rng)
+    net = _net()
+    _trainer(net, epochs=2).fit(X, y)
+    xd.save(net, tmp_path / "m.xpd")
+    net2 = xd.load(tmp_path / "m.xpd")
+    assert [type(l).__name__ for l in net2.layers] == ["Linear", "ReLU", "Dropout", "Linear"]
+    for k, v in net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(net2.state_arrays()[k]), B.to_numpy(v), err_msg=k)
+    # same weights; BLAS may round differently with other memory alignment, hence rtol
+    np.testing.assert_allclose(backend.numpy(net2.predict_proba(backend.asarray(X))), net.predict_proba(X),
+                               rtol=1e-5, atol=1e-7)
+    opt = xd.load_optimizer(tmp_path / "m.xpd")
+    assert opt is None
+    _trainer(net, epochs=1).save(tmp_path / "c.xpd")
+    opt = xd.load_optimizer(tmp_path / "c.xpd")
+    assert isinstance(opt, xd.SGD) and opt.momentum == 0.9 and len(opt.state) == 4
+
+
+def test_files_contain_no_pickle(tmp_path, rng):
+    X, y = _blobs(rng)
+    net = _net()
+    _trainer(net, epochs=1).save(tmp_path / "m.xpd")
+    blob = (tmp_path / "m.xpd").read_bytes()
+    assert b"\x80\x04" not in blob[:16] and blob[8:9] == b"{"   # safetensors: u64 header length, JSON
+
+
+def test_save_is_atomic(tmp_path, rng, monkeypatch):
+    X, y = _blobs(rng)
+    net = _net()
+    path = tmp_path / "m.xpd"
+    xd.save(net, path)
+    before = path.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    _trainer(net, epochs=1).fit(X, y)
+    with pytest.raises(OSError):
+        xd.save(net, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.xpd"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "empty"])
+def test_load_rejects_bad_files(tmp_path, damage, rng):
+    path = tmp_path / "m.xpd"
+    xd.save(_net(), path)
+    blob = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(blob[: len(blob) - 40])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\x01garbage" * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        from safetensors.numpy import save_file
+        save_file({"w": np.zeros(3, dtype=np.float32)}, str(path))
+    with pytest.raises(ValueError, match="xpdnn|corrupt|truncated"):
+        xd.load(path)
+
+
+def test_nan_loss_stops_with_last_good_weights(rng):
+    X, y = _blobs(rng)
+    net = _net(dropout=0.0)
+    trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=1e6), batch_size=16, epochs=50,
+                         progress=False)
+    snapshots = []
+
+    class Snap(xd.Callback):
+        def on_batch_begin(self, trainer, step):
+            snapshots.append({k: B.to_numpy(v).copy() for k, v in trainer.net.state_arrays().items()})
+
+    trainer.callbacks.append(Snap())
+    with pytest.raises(xd.TrainingError, match=r"epoch \d+, step \d+"):
+        trainer.fit(X, y)
+    last_good = snapshots[-1]
+    for k, v in net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(v), last_good[k])
+        assert np.all(np.isfinite(B.to_numpy(v)))
+
+
+def test_early_stopping_restores_best(rng):
+    X, y = _blobs(rng)
+    Xv, yv = X[:40], (y[:40] + 1) % 3     # misleading validation labels: val loss rises
+    es = xd.EarlyStopping(patience=2)
+    trainer = _trainer(_net(), epochs=30, callbacks=[es])
+    hist = trainer.fit(X, y, validation=(Xv, yv))
+    assert len(hist["loss"]) < 30
+    assert es.best == min(hist["val_loss"])
+    assert abs(trainer.evaluate(Xv, yv)["loss"] - es.best) < 1e-5
+
+
+BAD = {
+    "features": (lambda X, y: (X[:, :4], y), "features"),
+    "label_high": (lambda X, y: (X, y + 3), "label 5"),
+    "label_negative": (lambda X, y: (X, y - 1), "negative"),
+    "label_float": (lambda X, y: (X, y + 0.5), "integer"),
+    "nan": (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X).astype(np.float32), y), "NaN"),
+    "inf": (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.inf, X).astype(np.float32), y), "Inf"),
+    "length": (lambda X, y: (X, y[:-1]), "samples"),
+    "empty": (lambda X, y: (X[:0], y[:0]), "empty"),
+    "int_X": (lambda X, y: (X.astype(np.int64), y), "floating"),
+    "X_1d": (lambda X, y: (X[:, 0], y), "2-D"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_rejected_before_any_weight_changes(backend, rng, case):
+    X, y = _blobs(rng)
+    make, message = BAD[case]
+    Xb, yb = make(X, y)
+    net = _net()
+    before = {k: B.to_numpy(v).copy() for k, v in net.state_arrays().items()}
+    trainer = _trainer(net)
+    with pytest.raises((ValueError, TypeError), match=message):
+        trainer.fit(backend.asarray(Xb), backend.asarray(yb))
+    for k, v in net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(v), before[k])
+
+
+def test_mixed_libraries_are_rejected(rng):
+    torch = pytest.importorskip("torch")
+    X, y = _blobs(rng)
+    with pytest.raises(TypeError, match="different array libraries"):
+        _trainer(_net()).fit(X, torch.from_numpy(y))
+    import array_api_strict as aas
+    with pytest.raises(TypeError, match="different array libraries"):
+        _trainer(_net()).fit(aas.asarray(X), y)
+
+
+def test_predict_rejects_bad_input(backend, rng):
+    net = _net()
+    with pytest.raises(ValueError, match="features"):
+        net.predict(backend.asarray(np.zeros((3, 4), np.float32)))
+    with pytest.raises(TypeError, match="floating"):
+        net.predict(backend.asarray(np.zeros((3, 5), np.int64)))
+    with pytest.raises(ValueError, match="NaN"):
+        net.predict(backend.asarray(np.full((3, 5), np.nan, np.float32)))
+
+
+def test_mse_regression_gradients(backend, rng):
+    from xpdnn.testing import check_loss_gradient
+    Y = backend.asarray(rng.standard_normal((4, 3)))
+    T = backend.asarray(rng.standard_normal((4, 3)))
+    check_loss_gradient(xd.MSE(), Y, T)
+
+
+def test_cuda_request_without_gpu_is_a_clear_error(rng):
+    from xpdnn.devices import cuda_available, resolve
+    if cuda_available()[0]:
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="CUDA is not usable"):
+        resolve("cupy")
+    X, y = _blobs(rng)
+    with pytest.raises(RuntimeError, match="CUDA is not usable"):
+        _trainer(_net(), device="cuda").fit(X, y)
+    assert resolve("auto")[0] == "numpy"
+
+
+def test_main_job_reaches_097_on_digits(capsys, tmp_path):
+    """The README's first command: default `xpdnn train` on digits."""
+    from xpdnn.cli import main
+    assert main(["train", "--quiet", "--save", str(tmp_path / "digits.xpd")]) == 0
+    out = capsys.readouterr().out
+    acc = float(out.split("test accuracy:")[1].split()[0])
+    assert acc >= 0.97, out
+    assert "backend: numpy" in out
+    net = xd.load(tmp_path / "digits.xpd")
+    assert net.n_in == 64
+
+
+def test_info_lists_backends(capsys):
+    from xpdnn.cli import main
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("numpy", "cupy", "torch", "array_api_strict", "BLAS"):
+        assert name in out
