@@ -92,7 +92,9 @@ def test_save_load_roundtrip_and_predictions(tmp_path, backend, rng):
                                rtol=1e-5, atol=1e-7)
     opt = xd.load_optimizer(tmp_path / "m.xpd")
     assert opt is None
-    _trainer(net, epochs=1).save(tmp_path / "c.xpd")
+    t = _trainer(net, epochs=1)
+    t.fit(X, y)
+    t.save(tmp_path / "c.xpd")
     opt = xd.load_optimizer(tmp_path / "c.xpd")
     assert isinstance(opt, xd.SGD) and opt.momentum == 0.9 and len(opt.state) == 4
 
