@@ -16,9 +16,19 @@ so the same seed gives bit-identical masks on NumPy and CuPy.
 * keep/drop with drop probability ``rate``: keep iff ``bits >= threshold(rate)``, with
   ``threshold(rate) = round(rate * 2**32)`` (clamped to ``[0, 2**32]``);
 * uniform in ``[0, 1)``: ``(bits >> 8) * 2**-24`` (exact in float32).
+
+Three implementations compute this mapping and are tested against each other and against the
+published Random123 known-answer vectors: :func:`philox4x64_10` (scalar Python, the reference),
+:func:`raw_words` / :func:`bits32` / :func:`keep_mask` (``numpy.random.Philox``, vectorized;
+``keep_mask`` fills large masks in chunks on a few threads, which cannot change the result since
+every block is addressed by its own counter), and ``xpdnn/kernels/philox.cuh`` (CUDA).
 """
 
 from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -49,20 +59,52 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
-def raw_words(seed: int, counter: int, n_blocks: int, first_block: int = 0) -> np.ndarray:
-    """``4 * n_blocks`` uint64 words: blocks ``first_block ..`` of call ``counter``."""
-    seed = _check_seed(seed)
+def _check_counter(counter: int) -> int:
+    counter = int(counter)
+    if not 0 <= counter <= MASK64:
+        raise ValueError(f"counter must be an integer in [0, 2**64), got {counter}")
+    return counter
+
+
+def philox_blocks(counter, key, n_blocks: int) -> np.ndarray:
+    """``4 * n_blocks`` uint64 words: Philox4x64-10 of the 256-bit counters ``counter``,
+    ``counter + 1``, ... (``counter`` and ``key`` as 4 and 2 little-endian uint64 words, Python
+    ints) under ``key``, computed by ``numpy.random.Philox``; the vectorized twin of
+    :func:`philox4x64_10`."""
+    n_blocks = int(n_blocks)
+    if n_blocks < 0:
+        raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+    c = sum((int(v) & MASK64) << (64 * k) for k, v in enumerate(counter))
+    key = np.array([int(v) & MASK64 for v in key], dtype=np.uint64)
     # numpy's Philox increments its 256-bit counter before each block, so start one below.
-    start = (first_block + (int(counter) << 64) - 1) % (1 << 256)
-    gen = np.random.Philox(counter=start, key=[seed, 0])
-    return gen.random_raw(4 * int(n_blocks))
+    gen = np.random.Philox(counter=(c - 1) % (1 << 256), key=key)
+    return gen.random_raw(4 * n_blocks)
+
+
+def raw_words(seed: int, counter: int, n_blocks: int, first_block: int = 0) -> np.ndarray:
+    """``4 * n_blocks`` uint64 words: Philox blocks ``first_block .. first_block + n_blocks - 1``
+    of call ``counter`` under ``seed``, i.e. counters ``(b, counter, 0, 0)`` and key
+    ``(seed, 0)``, each block's words ``w0, w1, w2, w3`` in order."""
+    first_block = int(first_block)
+    if not 0 <= first_block <= MASK64:
+        raise ValueError(f"first_block must be in [0, 2**64), got {first_block}")
+    return philox_blocks((first_block, _check_counter(counter), 0, 0), (_check_seed(seed), 0), n_blocks)
+
+
+def _as_u32(words: np.ndarray) -> np.ndarray:
+    """uint32 words (low half, high half) of each uint64 word, in order."""
+    if sys.byteorder == "little":
+        return words.view(np.uint32)
+    halves = np.stack([words & np.uint64(0xFFFFFFFF), words >> np.uint64(32)], axis=-1)
+    return halves.astype(np.uint32).reshape(-1)
 
 
 def bits32(seed: int, counter: int, n: int) -> np.ndarray:
-    """The ``n`` uint32 words of call ``counter`` (element ``i`` gets word ``i``)."""
+    """The ``n`` uint32 words of call ``counter`` (element ``i`` gets word ``i``), shape (n,)."""
     n = int(n)
-    words = raw_words(seed, counter, -(-n // 8))
-    return words.view("<u4")[:n]
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return _as_u32(raw_words(seed, counter, -(-n // 8)))[:n]
 
 
 def threshold(rate: float) -> int:
@@ -70,14 +112,53 @@ def threshold(rate: float) -> int:
     return min(max(int(round(float(rate) * 2.0**32)), 0), 1 << 32)
 
 
-def keep_mask(seed: int, counter: int, shape, rate: float) -> np.ndarray:
-    """Host boolean keep-mask of ``shape`` for drop probability ``rate``."""
+_CHUNK_BLOCKS = 1 << 15        # 8 * 32768 elements per chunk: the raw words (1 MiB) stay in cache
+_PARALLEL_MIN = 1 << 20        # elements; smaller masks are filled on the calling thread
+_pool = None                   # (pid, executor): a forked child makes its own threads
+
+
+def _threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _fill_keep(seed, counter, t, flat, first_block, last_block):
+    n = flat.shape[0]
+    for b in range(first_block, last_block, _CHUNK_BLOCKS):
+        e = min(b + _CHUNK_BLOCKS, last_block)
+        lo, hi = 8 * b, min(8 * e, n)
+        words = _as_u32(raw_words(seed, counter, e - b, first_block=b))
+        np.greater_equal(words[:hi - lo], np.uint32(t), out=flat[lo:hi])
+
+
+def keep_mask(seed: int, counter: int, shape, rate: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Host boolean keep-mask of ``shape`` for drop probability ``rate``: element ``i`` (flat,
+    C order) is kept iff ``bits32(seed, counter, n)[i] >= threshold(rate)``.  ``out``, if given,
+    is a C-contiguous bool array of ``shape`` to fill."""
+    global _pool
     shape = tuple(int(s) for s in shape)
     n = int(np.prod(shape)) if shape else 1
+    if out is None:
+        out = np.empty(shape, dtype=bool)
+    elif out.dtype != np.bool_ or tuple(out.shape) != shape or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous bool array of shape {shape}")
     t = threshold(rate)
     if t >= 1 << 32:
-        return np.zeros(shape, dtype=bool)
-    return (bits32(seed, counter, n) >= np.uint32(t)).reshape(shape)
+        out[...] = False
+        return out
+    flat = out.reshape(-1)
+    n_blocks = -(-n // 8)
+    workers = _threads()
+    if n < _PARALLEL_MIN or workers == 1:
+        _fill_keep(seed, counter, t, flat, 0, n_blocks)
+        return out
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpdnn-philox"))
+    step = -(-n_blocks // workers)
+    jobs = [_pool[1].submit(_fill_keep, seed, counter, t, flat, b, min(b + step, n_blocks))
+            for b in range(0, n_blocks, step)]
+    for job in jobs:
+        job.result()
+    return out
 
 
 def uniform(seed: int, counter: int, shape, dtype="float32") -> np.ndarray:

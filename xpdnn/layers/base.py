@@ -23,6 +23,8 @@ class Layer:
     implement ``forward``; parametrized layers list their decayed weights in ``decay``."""
 
     decay: tuple[str, ...] = ()      # parameter names that weight decay / L1 / max-norm act on
+    lazy_zero_grad = False           # True if backprop writes every gradient via add_grad
+    _unset: set = frozenset()
     n_neurons: int = 0               # neurons this layer adds (for summaries)
 
     def __init_subclass__(cls, **kwargs):
@@ -79,10 +81,30 @@ class Layer:
         return sum(int(np.prod(lay.params[n].shape)) for _, lay, n in self.parameters())
 
     def zero_grad(self):
-        for _, layer, name in self.parameters():
-            g = layer.grads[name]
-            xp = B.namespace(g)
-            layer.grads[name] = xp.zeros_like(g)
+        """Start a new gradient accumulation.  Layers whose backprop writes every gradient
+        through :meth:`add_grad` skip the memset: their next write overwrites instead of adding."""
+        for _, layer in self.named_layers():
+            if layer.params and layer.lazy_zero_grad:
+                layer._unset = set(layer.params)
+            else:
+                for name, g in layer.grads.items():
+                    g[...] = 0
+
+    def add_grad(self, name, value):
+        """``grads[name] += value``, or ``= value`` right after ``zero_grad``."""
+        if name in self._unset:
+            self._unset.discard(name)
+            self.grads[name] = value
+        else:
+            self.grads[name] += value
+
+    def settle_grads(self):
+        """Zero any gradient still pending from a lazy ``zero_grad`` (a parameter that received
+        no gradient this step), so optimizers and clipping read true zeros."""
+        for _, layer in self.named_layers():
+            for name in layer._unset:
+                layer.grads[name][...] = 0
+            layer._unset = set()
 
     def state_arrays(self) -> dict:
         """Every parameter and buffer by stable path, e.g. ``layers.0.W``."""
@@ -110,14 +132,17 @@ class Layer:
                         raise ValueError(
                             f"{pre + name}: shape {tuple(new.shape)} in the file, "
                             f"{tuple(store[name].shape)} in the architecture")
-                    store[name] = B.from_numpy(np.asarray(B.to_numpy(new), dtype=layer.dtype),
-                                               like=store[name])
+                    host = B.to_numpy(new)
+                    if host.dtype.kind == "f":
+                        host = host.astype(layer.dtype, copy=False)
+                    store[name] = B.from_numpy(host, like=store[name])
             layer._reset_grads()
 
     # -- placement ---------------------------------------------------------------
     def _reset_grads(self):
         for name, p in self.params.items():
             self.grads[name] = B.namespace(p).zeros_like(p)
+        self._unset = set()
 
     def to(self, like=None, dtype: str | None = None):
         """Move (and cast) every parameter and buffer into the library/device of ``like``

@@ -1,6 +1,19 @@
-"""Inverted dropout with counter-based masks."""
+"""Inverted dropout with counter-based masks.
+
+Three paths compute the same ``Y = X * keep / (1 - rate)`` with the same keep mask
+(:func:`xpdnn.random.keep_mask`, addressed by ``(seed, counter, element index)``):
+
+* CuPy with ``fused=True``: one CUDA kernel (:mod:`xpdnn.kernels.dropout`) that draws the mask
+  in registers; backward regenerates it from ``(seed, counter)``, so no mask is stored;
+* NumPy: the mask is drawn in place as a bool array (1 byte per element) and applied with
+  in-place ufuncs;
+* anything else (PyTorch, array-api-strict, CuPy with ``fused=False``): the portable reference,
+  a host mask moved next to ``X`` and applied with Array API operations.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from .. import _backend as B
 from .. import random as xrandom
@@ -8,35 +21,77 @@ from .base import Layer
 
 
 def dropout_mask(X, rate: float, seed: int, counter: int):
-    """The scaled keep mask ``keep / (1 - rate)`` for ``X``, in X's library and dtype."""
-    keep = xrandom.keep_mask(seed, counter, tuple(X.shape), rate)
-    scale = keep.astype(B.dtype_name(X.dtype)) * (1.0 / (1.0 - rate))
-    return B.from_numpy(scale, like=X)
+    """The scaled keep mask ``keep / (1 - rate)`` for ``X``, an array of X's shape, library,
+    device and dtype (``0`` where dropped, ``1 / (1 - rate)`` where kept)."""
+    keep = B.from_numpy(xrandom.keep_mask(seed, counter, tuple(X.shape), rate), like=X)
+    xp = B.namespace(X)
+    return xp.astype(keep, X.dtype) * (1.0 / (1.0 - rate))
+
+
+def _apply_numpy(X, keep, scale):
+    """``X * keep * scale`` for a NumPy ``X`` with one output allocation and no temporaries."""
+    Y = np.multiply(X, keep)
+    np.multiply(Y, Y.dtype.type(scale), out=Y)
+    return Y
+
+
+def _check_grad_shape(dY, shape):
+    if tuple(dY.shape) != shape:
+        raise ValueError(f"Dropout backprop got dY of shape {tuple(dY.shape)}, expected {shape}")
 
 
 class Dropout(Layer):
     """Inverted dropout: in training ``Y = X * keep / (1 - rate)`` where each element is dropped
-    with probability ``rate`` (as in PyTorch); in evaluation ``Y = X``.
+    with probability ``rate`` (as in PyTorch); in evaluation (or with ``rate=0``) ``Y = X``.
 
-    The mask for a call comes from ``rng.take()`` (a :class:`xpdnn.random.Stream`), addressed by
-    (seed, counter, element index), see :mod:`xpdnn.random`.  Without ``rng`` the layer uses a
-    stream of its own seeded with ``seed``.
+    X: any shape, floating dtype -> Y: same shape and dtype.  The mask for a call comes from
+    ``rng.take()`` (a :class:`xpdnn.random.Stream`), addressed by (seed, counter, element index),
+    see :mod:`xpdnn.random`; without ``rng`` the layer uses a stream of its own seeded with
+    ``seed``.  The same stream state gives the same mask on every backend.  ``fused=True`` uses
+    the CUDA kernel for CuPy arrays (bit-identical results, no stored mask).
     """
 
-    def __init__(self, rate: float = 0.5, *, seed: int = 0, dtype: str = "float32"):
+    def __init__(self, rate: float = 0.5, *, seed: int = 0, fused: bool = True, dtype: str = "float32"):
         super().__init__(dtype)
         rate = float(rate)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-        self.rate, self.seed = rate, int(seed)
+        self.rate, self.seed, self.fused = rate, int(seed), bool(fused)
         self._own = xrandom.Stream(self.seed)
 
     def get_config(self):
-        return {"rate": self.rate, "seed": self.seed, "dtype": self.dtype}
+        return {"rate": self.rate, "seed": self.seed, "fused": self.fused, "dtype": self.dtype}
 
     def forward(self, X, *, train=False, rng=None):
         if not train or self.rate == 0.0:
             return X, lambda dY: dY
+        B.check_floating(X)
+        rate, shape = self.rate, tuple(X.shape)
         seed, counter = (rng or self._own).take()
-        M = dropout_mask(X, self.rate, seed, counter)
-        return X * M, lambda dY: dY * M
+
+        if self.fused and B.is_cupy(X):
+            from ..kernels import dropout as kernel
+
+            def backprop(dY):
+                _check_grad_shape(dY, shape)
+                return kernel.dropout(dY, rate, seed, counter)
+
+            return kernel.dropout(X, rate, seed, counter), backprop
+
+        if isinstance(X, np.ndarray):
+            keep = xrandom.keep_mask(seed, counter, shape, rate)
+            scale = 1.0 / (1.0 - rate)
+
+            def backprop(dY):
+                _check_grad_shape(dY, shape)
+                return _apply_numpy(dY, keep, scale)
+
+            return _apply_numpy(X, keep, scale), backprop
+
+        M = dropout_mask(X, rate, seed, counter)
+
+        def backprop(dY):
+            _check_grad_shape(dY, shape)
+            return dY * M
+
+        return X * M, backprop

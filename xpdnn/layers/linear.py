@@ -6,6 +6,8 @@ import numpy as np
 
 from .. import _backend as B
 from .. import init as initializers
+from ..kernels import cpu
+from .activations import relu, relu_backward
 from .base import Layer
 
 
@@ -18,6 +20,7 @@ class Linear(Layer):
     """
 
     decay = ("W",)
+    lazy_zero_grad = True
 
     def __init__(self, n_in: int, n_out: int, *, init="he", bias: float = 0.0, use_bias: bool = True,
                  seed: int = 0, dtype: str = "float32"):
@@ -51,19 +54,30 @@ class Linear(Layer):
         return {"n_in": self._n_in, "n_out": self.n_out, "init": self.init if isinstance(self.init, str) else "he",
                 "bias": self.bias, "use_bias": self.use_bias, "seed": self.seed, "dtype": self.dtype}
 
-    def forward(self, X, *, train=False, rng=None):
+    def forward(self, X, *, train=False, rng=None, fuse_relu=False, own_dY=False):
+        """``fuse_relu`` applies ReLU to the output in place (what ``Sequential`` does for a
+        Linear followed by a ReLU); ``own_dY`` lets that ReLU's backward overwrite ``dY``."""
         W = self.params["W"]
         if X.ndim != 2 or X.shape[1] != self._n_in:
             raise ValueError(f"Linear expects input of shape (N, {self._n_in}), got {tuple(X.shape)}")
+        fast = cpu.handles(X, W)
         Y = X @ W.T
         if self.use_bias:
-            Y = Y + self.params["b"]
+            Y += self.params["b"]
+        if fuse_relu:
+            Y = cpu.relu_(Y) if fast else relu(Y)
 
         def backprop(dY):
             xp = B.namespace(dY)
-            self.grads["W"] += dY.T @ X
+            if fuse_relu:
+                dY = cpu.relu_backward_(dY, Y) if fast and own_dY else relu_backward(dY, Y)
+            if fast and "W" in self._unset:
+                self._unset.discard("W")
+                cpu.matmul_into(dY.T, X, out=self.grads["W"])
+            else:
+                self.add_grad("W", dY.T @ X)
             if self.use_bias:
-                self.grads["b"] += xp.sum(dY, axis=0)
+                self.add_grad("b", xp.sum(dY, axis=0))
             return dY @ W
 
         return Y, backprop

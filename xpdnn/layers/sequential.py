@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
-from .activations import Softmax, softmax
+from .activations import ReLU, Softmax, softmax
+from .linear import Linear
 from .base import Layer, layer_from_config, layer_to_config
 
 
@@ -62,13 +63,23 @@ class Sequential(Layer):
 
     def forward(self, X, *, train=False, rng=None):
         backprops = []
-        for layer in self.layers:
-            X, bp = layer.forward(X, train=train, rng=rng)
+        layers, i, last = self.layers, 0, len(self.layers) - 1
+        while i <= last:
+            layer = layers[i]
+            if type(layer) is Linear and i < last and type(layers[i + 1]) is ReLU:
+                # Linear + ReLU in one pass; the ReLU's backward may overwrite a dY that an
+                # inner layer produced (never the caller's, which reaches only the last layer)
+                X, bp = layer.forward(X, train=train, rng=rng, fuse_relu=True, own_dY=i + 1 < last)
+                i += 2
+            else:
+                X, bp = layer.forward(X, train=train, rng=rng)
+                i += 1
             backprops.append(bp)
 
         def backprop(dY):
             for bp in reversed(backprops):
                 dY = bp(dY)
+            self.settle_grads()
             return dY
 
         return X, backprop

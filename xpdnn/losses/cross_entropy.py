@@ -1,41 +1,223 @@
-"""Softmax cross-entropy (softmax + negative log-likelihood) on logits."""
+"""Softmax cross-entropy (softmax + negative log-likelihood) on logits.
+
+The portable code below is the reference.  On a CuPy array with integer labels,
+:class:`SoftmaxCrossEntropy` runs the fused CUDA kernel of :mod:`xpdnn.kernels.softmax_xent`
+instead (same options, same numbers up to rounding); ``fused=False`` keeps the portable path.
+"""
 
 from __future__ import annotations
+
+import numpy as np
 
 from .. import _backend as B
 from .base import Loss, check_labels
 
+REDUCTIONS = ("mean", "sum", "none")
+
 
 def log_softmax(Z):
-    """Row-wise log-softmax in log-sum-exp form: finite for logits of any size."""
+    """Row-wise log-softmax in log-sum-exp form: finite for logits of any size.
+
+    Z: (N, C) floating.  Returns (N, C): ``Z - max - log(sum(exp(Z - max)))``.
+    """
     xp = B.namespace(Z)
     S = Z - xp.max(Z, axis=1, keepdims=True)
     return S - xp.log(xp.sum(xp.exp(S), axis=1, keepdims=True))
 
 
 def one_hot(y, n_classes, dtype):
+    """y: (N,) integer labels.  Returns (N, n_classes) of ``dtype`` with a 1 at ``[i, y_i]``
+    (rows whose label is outside ``[0, n_classes)`` are all zero)."""
     xp = B.namespace(y)
     classes = xp.arange(n_classes, device=B.device(y))
     return xp.astype(y[:, None] == classes[None, :], dtype)
 
 
-class SoftmaxCrossEntropy(Loss):
-    """Mean over the batch of ``-log softmax(Z)[i, y_i]``.
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
 
-    logits Z: (N, C) floating; y: (N,) integer labels in [0, C).
-    Returns (loss: 0-d, dZ: (N, C)) with ``dZ = (softmax(Z) - onehot(y)) / N``.
+
+def check_class_weights(weight, what="weight"):
+    """Host float64 copy of per-class weights (finite, >= 0, 1-D), or None."""
+    if weight is None:
+        return None
+    w = np.asarray(B.to_numpy(weight) if B.is_array(weight) else weight, dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] == 0:
+        raise ValueError(f"{what} must be a non-empty 1-D sequence with one weight per class, got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError(f"{what} contains NaN or Inf")
+    if np.any(w < 0):
+        raise ValueError(f"{what} contains negative values; class weights must be >= 0")
+    return w
+
+
+def check_probability_targets(T, n_classes: int | None, what="y", tol=None):
+    """Probability targets: (N, C) floating, finite, >= 0, every row summing to 1 (within
+    ``tol``: 1e-6 for float64, 1e-3 otherwise)."""
+    xp = B.namespace(T)
+    if not xp.isdtype(T.dtype, "real floating"):
+        raise TypeError(f"{what}: probability targets must be floating-point, got {B.dtype_name(T.dtype)}")
+    if T.ndim != 2 or (n_classes is not None and T.shape[1] != n_classes):
+        raise ValueError(f"{what}: probability targets must have shape (N, {n_classes}), got {tuple(T.shape)}")
+    B.check_finite(T, what)
+    if T.shape[0] == 0:
+        return T
+    if bool(xp.any(T < 0)):
+        raise ValueError(f"{what}: probability targets contain negative entries")
+    if tol is None:
+        tol = 1e-6 if B.dtype_name(T.dtype) == "float64" else 1e-3
+    err = float(xp.max(xp.abs(xp.sum(T, axis=1) - 1.0)))
+    if err > tol:
+        raise ValueError(f"{what}: every row of probability targets must sum to 1; "
+                         f"the worst row is off by {err:.3g} (tolerance {tol:g})")
+    return T
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Cross-entropy of ``softmax(Z)`` against class labels or class probabilities, with
+    PyTorch's ``CrossEntropyLoss`` semantics.
+
+    Z: (N, C) floating logits.  Targets: either (N,) integer labels in ``[0, C)`` (or equal to
+    ``ignore_index``), or (N, C) probabilities (rows summing to 1; ``ignore_index`` does not
+    apply to them).  Returns ``(loss, dZ)`` with dZ of Z's shape and dtype.
+
+    With ``w`` the class weights (all 1 without ``weight``) and ``eps = label_smoothing``, row
+    ``i`` with label ``y`` has the weighted target ``t_c = (1 - eps) w_y [c == y] + eps w_c / C``
+    and loss ``l_i = -sum_c t_c log softmax(Z_i)_c``; for probability targets ``q``,
+    ``t_c = w_c ((1 - eps) q_c + eps / C)``.  Ignored rows have ``l_i = 0``.
+
+    * ``reduction="mean"``: ``sum_i l_i / sum_i w_{y_i}`` over the non-ignored rows (the plain
+      count of those rows without weights); for probability targets ``sum_i l_i / N``.  If that
+      normaliser is 0 (every label ignored, or an empty batch) the loss is 0 with a zero
+      gradient, where PyTorch returns NaN.
+    * ``reduction="sum"``: ``sum_i l_i``.
+    * ``reduction="none"``: the per-row losses, shape (N,); dZ is then the gradient of their
+      sum.
+
+    ``dZ_i = scale * (softmax(Z_i) * sum_c t_c - t)``, with ``scale`` the reduction's factor.
+    ``ignore_index=None`` (the default) ignores nothing, so every label must be a class
+    (PyTorch's default is -100).  ``fused`` lets CuPy inputs with integer labels use the fused
+    CUDA kernel; ``inplace=True`` lets that kernel write dZ into the logits' buffer (the logits
+    are then lost: use it only when nothing else needs them).
     """
 
     classification = True
 
-    def check_targets(self, y, n_outputs):
-        return check_labels(y, n_outputs)
+    def __init__(self, weight=None, ignore_index: int | None = None, label_smoothing: float = 0.0,
+                 reduction: str = "mean", fused: bool = True, inplace: bool = False):
+        self.weight = check_class_weights(weight)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.label_smoothing = float(label_smoothing)
+        if not 0.0 <= self.label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.reduction = check_reduction(reduction)
+        self.fused, self.inplace = bool(fused), bool(inplace)
+        self._weight_cache: dict = {}
 
-    def __call__(self, Z, y):
-        xp = B.namespace(Z, y)
-        N = Z.shape[0]
+    def get_config(self) -> dict:
+        return {"weight": None if self.weight is None else [float(v) for v in self.weight],
+                "ignore_index": self.ignore_index, "label_smoothing": self.label_smoothing,
+                "reduction": self.reduction, "fused": self.fused, "inplace": self.inplace}
+
+    def _check_n_classes(self, C):
+        if self.weight is not None and C is not None and self.weight.shape[0] != C:
+            raise ValueError(f"weight has {self.weight.shape[0]} entries but the model has {C} outputs")
+
+    def check_targets(self, y, n_outputs):
+        """Validate (N,) labels (returned as int64) or (N, C) probabilities (returned as they are)."""
+        self._check_n_classes(n_outputs)
+        xp = B.namespace(y)
+        if y.ndim == 2 and xp.isdtype(y.dtype, "real floating"):
+            return check_probability_targets(y, n_outputs)
+        return check_labels(y, n_outputs, ignore_index=self.ignore_index)
+
+    def weights_like(self, Z, dtype=None):
+        """The class weights as a (C,) array next to ``Z`` (cached per library/device/dtype)."""
+        dtype = dtype or Z.dtype
+        key = (type(Z), str(B.device(Z)), str(dtype))
+        w = self._weight_cache.get(key)
+        if w is None:
+            xp = B.namespace(Z)
+            w = xp.astype(B.from_numpy(self.weight, like=Z), dtype)
+            self._weight_cache = {key: w}
+        return w
+
+    def __call__(self, Z, targets):
+        xp = B.namespace(Z, targets)
+        if Z.ndim != 2:
+            raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(Z.shape)}")
+        self._check_n_classes(Z.shape[1])
+        soft = targets.ndim == 2
+        if soft and tuple(targets.shape) != tuple(Z.shape):
+            raise ValueError(f"probability targets of shape {tuple(targets.shape)} do not match "
+                             f"the logits' shape {tuple(Z.shape)}")
+        if not soft and targets.shape[0] != Z.shape[0]:
+            raise ValueError(f"{Z.shape[0]} rows of logits but {targets.shape[0]} labels")
+        if self.fused and not soft and B.is_cupy(Z):
+            from ..kernels.softmax_xent import fused_available, softmax_xent
+            if fused_available(Z):
+                return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z),
+                                    ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                    reduction=self.reduction, inplace=self.inplace)
+        if soft:
+            return self._soft(xp, Z, targets)
+        return self._labels(xp, Z, targets)
+
+    def _reduce(self, xp, Z, losses, G, den):
+        """Apply the reduction to per-row ``losses`` (N,) and unscaled gradient G (N, C)."""
+        if self.reduction == "none":
+            return losses, G
+        total = xp.sum(losses)
+        if self.reduction == "sum":
+            return total, G
+        ok = den > 0
+        scale = xp.where(ok, 1.0 / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(den))
+        return total * scale, G * scale
+
+    def _labels(self, xp, Z, y):
+        N, C = Z.shape
+        eps = self.label_smoothing
+        y = xp.astype(y, xp.int64)
+        valid = xp.ones(y.shape, dtype=xp.bool, device=B.device(Z))
+        if self.ignore_index is not None:
+            valid = y != self.ignore_index
+        y_safe = xp.where(valid, y, xp.zeros_like(y))
+        mask = xp.astype(valid, Z.dtype)
         logP = log_softmax(Z)
-        picked = xp.take_along_axis(logP, xp.astype(y, xp.int64)[:, None], axis=1)
-        loss = -xp.sum(picked) / N
-        dZ = (xp.exp(logP) - one_hot(y, Z.shape[1], Z.dtype)) / N
-        return loss, dZ
+        P = xp.exp(logP)
+        nll = -xp.take_along_axis(logP, y_safe[:, None], axis=1)[:, 0]
+        if self.weight is None:
+            w_y = mask
+            smooth = -xp.sum(logP, axis=1)
+            w_all, W = None, float(C)
+        else:
+            w_all = self.weights_like(Z)
+            w_y = xp.take(w_all, y_safe, axis=0) * mask
+            smooth = -xp.sum(logP * w_all[None, :], axis=1)
+            W = float(np.sum(self.weight))
+        losses = (1.0 - eps) * w_y * nll + (eps / C) * smooth * mask
+        # t = (1 - eps) w_y onehot(y) + (eps / C) w;  dl/dZ = P * sum(t) - t
+        T = (1.0 - eps) * w_y + (eps * W / C) * mask
+        target = ((1.0 - eps) * w_y)[:, None] * one_hot(y_safe, C, Z.dtype)
+        if eps > 0:
+            smooth_t = xp.ones_like(Z) if w_all is None else xp.broadcast_to(w_all[None, :], Z.shape)
+            target = target + (eps / C) * mask[:, None] * smooth_t
+        G = P * T[:, None] - target
+        den = xp.sum(w_y)
+        return self._reduce(xp, Z, losses, G, den)
+
+    def _soft(self, xp, Z, Q):
+        N, C = Z.shape
+        eps = self.label_smoothing
+        Q = xp.astype(Q, Z.dtype)
+        if eps > 0:
+            Q = Q * (1.0 - eps) + eps / C
+        if self.weight is not None:
+            Q = Q * self.weights_like(Z)[None, :]
+        logP = log_softmax(Z)
+        losses = -xp.sum(Q * logP, axis=1)
+        G = xp.exp(logP) * xp.sum(Q, axis=1, keepdims=True) - Q
+        den = xp.asarray(float(N), dtype=Z.dtype, device=B.device(Z))
+        return self._reduce(xp, Z, losses, G, den)

@@ -21,6 +21,7 @@ class Optimizer:
         self.steps = 0
 
     def step(self, net) -> None:
+        net.settle_grads()
         for path, layer, name in net.parameters():
             key = f"{path}/{name}"
             layer.params[name] = self.update(key, layer.params[name], layer.grads[name],

@@ -1,0 +1,201 @@
+// Fused inverted dropout: y[i] = x[i] * (keep(i) ? scale : 0), scale = 1 / (1 - rate) rounded to
+// the element type.  The same kernel is the forward (x = X) and the backward (x = dY): the keep
+// mask is regenerated from (seed, counter) instead of being stored, so it costs 0 bytes.
+//
+// The mask is the one xpdnn/random.py defines, bit for bit on every backend:
+//   bits(i) = 32-bit word (i % 8) of Philox4x64-10 block ctr = (i / 8, counter, 0, 0),
+//             key = (seed, 0); word j is the low (j even) or high (j odd) half of w[j / 2];
+//   keep(i) = bits(i) >= threshold, threshold = round(rate * 2**32) in [0, 2**32].
+// i is the element's flat C-order index in a contiguous x and y.
+//
+// Thread t handles Philox block b = t (grid-stride), i.e. elements 8b .. 8b+7: one Philox call,
+// then 128-bit loads and stores (float4 / double2 / 8 halves as a uint4) when the whole block is
+// inside the array and both x + 8b and y + 8b are 16-byte aligned, element by element otherwise
+// (the tail, and views that start at an odd offset).  x and y may be the same array.
+//
+// Entry points (one per element type, all instantiated here so compiling the file compiles them):
+//   xpdnn_dropout_{f32,f64,f16,bf16}(const T* x, T* y, n, seed, counter, threshold, scale)
+//     scale is a float for f32/f16/bf16 (already rounded to the element type), a double for f64;
+//     16-bit products are formed exactly in float and rounded once to nearest even.
+//   xpdnn_philox_bits32(unsigned int* out, n, seed, counter): out[i] = bits(i) (tests, RReLU).
+#include "philox.cuh"
+
+#if defined(XPDNN_HOST)
+#define __global__
+#define XPDNN_THREAD_FIRST 0ULL
+#define XPDNN_THREAD_STRIDE 1ULL
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) double2 { double x, y; };
+struct alignas(16) uint4 { unsigned int x, y, z, w; };
+#else
+#define XPDNN_THREAD_FIRST ((xpdnn_u64)blockIdx.x * blockDim.x + threadIdx.x)
+#define XPDNN_THREAD_STRIDE ((xpdnn_u64)gridDim.x * blockDim.x)
+#endif
+
+struct xpdnn_f16 { unsigned short bits; };
+struct xpdnn_bf16 { unsigned short bits; };
+
+// Per element type: compute type S, 128-bit vector type V holding NV of them per 8 elements.
+template <typename T> struct xpdnn_dtype;
+
+template <> struct xpdnn_dtype<float> {
+    typedef float S;
+    typedef float4 V;
+    enum { NV = 2 };
+    XPDNN_FN static S load(float v) { return v; }
+    XPDNN_FN static float store(S s) { return s; }
+};
+
+template <> struct xpdnn_dtype<double> {
+    typedef double S;
+    typedef double2 V;
+    enum { NV = 4 };
+    XPDNN_FN static S load(double v) { return v; }
+    XPDNN_FN static double store(S s) { return s; }
+};
+
+template <> struct xpdnn_dtype<xpdnn_f16> {
+    typedef float S;
+    typedef uint4 V;
+    enum { NV = 1 };
+    XPDNN_FN static S load(xpdnn_f16 v)
+    {
+#if defined(XPDNN_HOST)
+        _Float16 h;
+        __builtin_memcpy(&h, &v.bits, 2);
+        return (float)h;
+#else
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
+        return f;
+#endif
+    }
+    XPDNN_FN static xpdnn_f16 store(S s)
+    {
+        xpdnn_f16 out;
+#if defined(XPDNN_HOST)
+        _Float16 h = (_Float16)s;
+        __builtin_memcpy(&out.bits, &h, 2);
+#else
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(s));
+#endif
+        return out;
+    }
+};
+
+template <> struct xpdnn_dtype<xpdnn_bf16> {
+    typedef float S;
+    typedef uint4 V;
+    enum { NV = 1 };
+    XPDNN_FN static S load(xpdnn_bf16 v)
+    {
+        const unsigned int u = (unsigned int)v.bits << 16;
+#if defined(XPDNN_HOST)
+        float f;
+        __builtin_memcpy(&f, &u, 4);
+        return f;
+#else
+        return __uint_as_float(u);
+#endif
+    }
+    XPDNN_FN static xpdnn_bf16 store(S s)
+    {
+#if defined(XPDNN_HOST)
+        unsigned int u;
+        __builtin_memcpy(&u, &s, 4);
+#else
+        const unsigned int u = __float_as_uint(s);
+#endif
+        xpdnn_bf16 out;
+        if ((u & 0x7fffffffu) > 0x7f800000u) {
+            out.bits = (unsigned short)((u >> 16) | 0x40u);  // NaN stays a (quiet) NaN
+        } else {
+            out.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
+        }
+        return out;
+    }
+};
+
+template <typename T>
+XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xpdnn_u64 seed, xpdnn_u64 counter,
+                                  xpdnn_u64 threshold, typename xpdnn_dtype<T>::S scale)
+{
+    typedef xpdnn_dtype<T> D;
+    typedef typename D::S S;
+    typedef typename D::V V;
+    unsigned int bits[8];
+    xpdnn_philox_bits8(seed, counter, b, bits);
+    const S zero = 0;
+    const xpdnn_u64 i0 = 8ULL * b;
+    const bool aligned = ((((xpdnn_u64)(x + i0)) | ((xpdnn_u64)(y + i0))) & 15ULL) == 0;
+    if (i0 + 8 <= n && aligned) {
+        union {
+            V v[D::NV];
+            T e[8];
+        } buf;
+        const V* src = reinterpret_cast<const V*>(x + i0);
+        V* dst = reinterpret_cast<V*>(y + i0);
+#if !defined(XPDNN_HOST)
+#pragma unroll
+#endif
+        for (int k = 0; k < D::NV; ++k) buf.v[k] = src[k];
+#if !defined(XPDNN_HOST)
+#pragma unroll
+#endif
+        for (int j = 0; j < 8; ++j)
+            buf.e[j] = D::store(D::load(buf.e[j]) * ((xpdnn_u64)bits[j] >= threshold ? scale : zero));
+#if !defined(XPDNN_HOST)
+#pragma unroll
+#endif
+        for (int k = 0; k < D::NV; ++k) dst[k] = buf.v[k];
+    } else {
+        for (int j = 0; j < 8; ++j) {
+            const xpdnn_u64 i = i0 + j;
+            if (i < n) y[i] = D::store(D::load(x[i]) * ((xpdnn_u64)bits[j] >= threshold ? scale : zero));
+        }
+    }
+}
+
+template <typename T>
+XPDNN_FN void xpdnn_dropout(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 seed, xpdnn_u64 counter, xpdnn_u64 threshold,
+                            typename xpdnn_dtype<T>::S scale, xpdnn_u64 first, xpdnn_u64 stride)
+{
+    const xpdnn_u64 n_blocks = (n + 7) / 8;
+    for (xpdnn_u64 b = first; b < n_blocks; b += stride)
+        xpdnn_dropout_block<T>(x, y, n, b, seed, counter, threshold, scale);
+}
+
+extern "C" __global__ void xpdnn_dropout_f32(const float* x, float* y, xpdnn_u64 n, xpdnn_u64 seed,
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+{
+    xpdnn_dropout<float>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+}
+
+extern "C" __global__ void xpdnn_dropout_f64(const double* x, double* y, xpdnn_u64 n, xpdnn_u64 seed,
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, double scale)
+{
+    xpdnn_dropout<double>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+}
+
+extern "C" __global__ void xpdnn_dropout_f16(const xpdnn_f16* x, xpdnn_f16* y, xpdnn_u64 n, xpdnn_u64 seed,
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+{
+    xpdnn_dropout<xpdnn_f16>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+}
+
+extern "C" __global__ void xpdnn_dropout_bf16(const xpdnn_bf16* x, xpdnn_bf16* y, xpdnn_u64 n, xpdnn_u64 seed,
+                                              xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+{
+    xpdnn_dropout<xpdnn_bf16>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+}
+
+extern "C" __global__ void xpdnn_philox_bits32(unsigned int* out, xpdnn_u64 n, xpdnn_u64 seed, xpdnn_u64 counter)
+{
+    const xpdnn_u64 n_blocks = (n + 7) / 8;
+    for (xpdnn_u64 b = XPDNN_THREAD_FIRST; b < n_blocks; b += XPDNN_THREAD_STRIDE) {
+        unsigned int bits[8];
+        xpdnn_philox_bits8(seed, counter, b, bits);
+        for (int j = 0; j < 8; ++j)
+            if (8ULL * b + j < n) out[8ULL * b + j] = bits[j];
+    }
+}

@@ -1,0 +1,159 @@
+"""Adaptive learning-rate optimizers: Adagrad, RMSProp, Adam and AdamW.
+
+Each follows ``torch.optim`` exactly (where eps goes, bias correction, weight decay), except that
+weight decay acts only on the weights a layer lists in ``decay`` (never on biases).  ``W`` and
+``dW`` are one parameter and its gradient, any shape; per-parameter state lives in
+``self.state[key][slot]`` (arrays shaped like ``W``), the step count ``t`` is ``self.steps + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import _backend as B
+from .base import Optimizer
+
+
+def _check_nonnegative(**values):
+    for name, v in values.items():
+        if not float(v) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {v}")
+
+
+def _check_beta(name, v):
+    if not 0.0 <= float(v) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+
+def _slots(opt, key, W, names, fill=0.0):
+    """The state slots ``names`` of parameter ``key``, created as ``fill``-valued arrays like W."""
+    slots = opt.state.setdefault(key, {})
+    xp = B.namespace(W)
+    for name in names:
+        if name not in slots:
+            slots[name] = xp.full_like(W, fill) if fill else xp.zeros_like(W)
+    return slots
+
+
+class Adagrad(Optimizer):
+    """``g = dW + weight_decay * W``; ``sum += g**2``;
+    ``W -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)``.  State: ``sum``."""
+
+    def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+        super().__init__(lr)
+        _check_nonnegative(lr_decay=lr_decay, weight_decay=weight_decay,
+                           initial_accumulator_value=initial_accumulator_value, eps=eps)
+        self.lr_decay, self.weight_decay = float(lr_decay), float(weight_decay)
+        self.initial_accumulator_value, self.eps = float(initial_accumulator_value), float(eps)
+
+    def get_config(self):
+        return {"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
+                "initial_accumulator_value": self.initial_accumulator_value, "eps": self.eps}
+
+    def update(self, key, W, dW, *, decay):
+        xp = B.namespace(W, dW)
+        g = dW + self.weight_decay * W if decay and self.weight_decay else dW
+        slots = _slots(self, key, W, ("sum",), self.initial_accumulator_value)
+        slots["sum"] = slots["sum"] + g * g
+        clr = self.lr / (1.0 + self.steps * self.lr_decay)
+        W -= clr * (g / (xp.sqrt(slots["sum"]) + self.eps))
+        return W
+
+
+class RMSProp(Optimizer):
+    """``g = dW + weight_decay * W``; ``sq = alpha * sq + (1 - alpha) * g**2``;
+    ``avg = sqrt(sq) + eps`` (centered: ``ga = alpha * ga + (1 - alpha) * g`` and
+    ``avg = sqrt(sq - ga**2) + eps``); ``W -= lr * g / avg``, or with momentum
+    ``buf = momentum * buf + g / avg`` and ``W -= lr * buf``.
+    State: ``square_avg`` (+ ``grad_avg`` centered, + ``momentum_buffer`` with momentum)."""
+
+    def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
+                 momentum: float = 0.0, centered: bool = False):
+        super().__init__(lr)
+        _check_beta("alpha", alpha)
+        _check_nonnegative(eps=eps, weight_decay=weight_decay)
+        _check_beta("momentum", momentum)
+        self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
+        self.momentum, self.centered = float(momentum), bool(centered)
+
+    def get_config(self):
+        return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
+                "momentum": self.momentum, "centered": self.centered}
+
+    def update(self, key, W, dW, *, decay):
+        xp = B.namespace(W, dW)
+        a = self.alpha
+        g = dW + self.weight_decay * W if decay and self.weight_decay else dW
+        names = ("square_avg",) + (("grad_avg",) if self.centered else ()) \
+            + (("momentum_buffer",) if self.momentum else ())
+        slots = _slots(self, key, W, names)
+        sq = slots["square_avg"] = a * slots["square_avg"] + (1.0 - a) * (g * g)
+        if self.centered:
+            ga = slots["grad_avg"] = a * slots["grad_avg"] + (1.0 - a) * g
+            avg = xp.sqrt(sq - ga * ga) + self.eps
+        else:
+            avg = xp.sqrt(sq) + self.eps
+        if self.momentum:
+            buf = slots["momentum_buffer"] = self.momentum * slots["momentum_buffer"] + g / avg
+            W -= self.lr * buf
+        else:
+            W -= self.lr * (g / avg)
+        return W
+
+
+class Adam(Optimizer):
+    """``g = dW + weight_decay * W`` (coupled L2); ``m = b1 m + (1 - b1) g``;
+    ``v = b2 v + (1 - b2) g**2``; ``W -= lr / (1 - b1**t) * m / (sqrt(v) / sqrt(1 - b2**t) + eps)``.
+    With ``amsgrad`` the denominator uses ``vmax = max(vmax, v)`` instead of ``v``.
+    State: ``exp_avg``, ``exp_avg_sq`` (+ ``max_exp_avg_sq``)."""
+
+    decoupled = False
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 amsgrad: bool = False):
+        super().__init__(lr)
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise ValueError(f"betas must be a pair of floats, got {betas!r}") from None
+        _check_beta("betas[0]", b1)
+        _check_beta("betas[1]", b2)
+        _check_nonnegative(eps=eps, weight_decay=weight_decay)
+        self.betas, self.eps, self.weight_decay, self.amsgrad = (b1, b2), float(eps), float(weight_decay), bool(amsgrad)
+
+    def get_config(self):
+        return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
+                "amsgrad": self.amsgrad}
+
+    def update(self, key, W, dW, *, decay):
+        xp = B.namespace(W, dW)
+        b1, b2 = self.betas
+        t = self.steps + 1
+        g = dW
+        if decay and self.weight_decay:
+            if self.decoupled:
+                W *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = dW + self.weight_decay * W
+        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+        slots = _slots(self, key, W, names)
+        m = slots["exp_avg"] = b1 * slots["exp_avg"] + (1.0 - b1) * g
+        v = slots["exp_avg_sq"] = b2 * slots["exp_avg_sq"] + (1.0 - b2) * (g * g)
+        if self.amsgrad:
+            v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
+        step_size = self.lr / (1.0 - b1 ** t)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
+        W -= step_size * (m / denom)
+        return W
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``W *= 1 - lr * weight_decay``
+    (weights only) before the Adam step, which sees the raw gradient ``dW``.  Same state as Adam."""
+
+    decoupled = True
+
+    def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                 amsgrad: bool = False):
+        super().__init__(lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
