@@ -259,3 +259,26 @@ def test_info_lists_backends(capsys):
     out = capsys.readouterr().out
     for name in ("numpy", "cupy", "torch", "array_api_strict", "BLAS"):
         assert name in out
+
+
+def test_deferred_nan_check_rolls_back(rng):
+    """The GPU mode (check every k steps, no per-step sync) also ends with finite weights: those
+    of the last checked good state."""
+    X, y = _blobs(rng)
+    net = _net(dropout=0.0)
+    trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=1e6), batch_size=16, epochs=50,
+                         progress=False, nan_check_every=4)
+    snapshots = {}
+
+    class Snap(xd.Callback):
+        def on_batch_begin(self, trainer, step):
+            snapshots[(trainer.epoch, step)] = {k: B.to_numpy(v).copy() for k, v in trainer.net.state_arrays().items()}
+
+    trainer.callbacks.append(Snap())
+    with pytest.raises(xd.TrainingError, match=r"between steps (\d+) and") as info:
+        trainer.fit(X, y)
+    first = int(info.value.args[0].split("between steps ")[1].split()[0])
+    assert (first - 1) % 4 == 0
+    epoch = int(info.value.args[0].split("at epoch ")[1].split(",")[0]) - 1
+    for k, v in net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(v), snapshots[(epoch, first - 1)][k])

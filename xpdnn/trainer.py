@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from . import _backend as B
+from .layers.base import Layer
 from .layers.sequential import Sequential
 from .losses.base import Loss
 from .random import Stream
@@ -73,7 +74,7 @@ class Trainer:
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
                  seed: int = 0, callbacks=(), progress: bool = True, device=None,
-                 regularizers=(), clip=None, constraints=()):
+                 regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -88,6 +89,9 @@ class Trainer:
         self.progress = progress
         self.device = device
         self.rng = Stream(self.seed)
+        # how often the loss is checked for NaN/Inf (a host sync): every step on the CPU,
+        # every 32 steps on a GPU (with a rollback snapshot); None = choose by device
+        self.nan_check_every = nan_check_every
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
@@ -134,6 +138,8 @@ class Trainer:
         if getattr(net, "fresh", False):
             net.initialize(self.seed)
         net.ensure_like(X)
+        if isinstance(self.loss, Layer):      # a loss with parameters (hierarchical softmax)
+            self.loss.ensure_like(X)
         self.stop_training = False
         for cb in self.callbacks:
             cb.on_train_begin(self)
@@ -167,6 +173,9 @@ class Trainer:
         total = xp.zeros((), dtype=X.dtype, device=B.device(X))
         correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
         bar = self._bar(epoch, N)
+        loss_has_params = isinstance(loss_fn, Layer)
+        check_every = self.nan_check_every or (1 if B.device(X) == "cpu" or B.is_numpy(X) else 32)
+        finite = xp.ones((), dtype=xp.bool, device=B.device(X))
         t0 = time.perf_counter()
         for step in range(steps):
             for cb in self.callbacks:
@@ -175,19 +184,39 @@ class Trainer:
             Xb = xp.take(X, idx, axis=0)
             yb = xp.take(y, idx, axis=0)
             net.zero_grad()
+            if loss_has_params:
+                loss_fn.zero_grad()
             Z, backprop = net.forward(Xb, train=True, rng=self.rng)
             loss, dZ = loss_fn(Z, yb)
-            if not bool(xp.isfinite(loss)):
-                raise TrainingError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training stopped "
-                    "before this step's update, so the model keeps the last good weights "
-                    "(try a lower learning rate)")
+            if check_every == 1:
+                if not bool(xp.isfinite(loss)):
+                    raise TrainingError(
+                        f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training stopped "
+                        "before this step's update, so the model keeps the last good weights "
+                        "(try a lower learning rate)")
+            else:
+                # no host sync per step: flag on the device, look every `check_every` steps and
+                # roll back to the snapshot taken at the last good check
+                finite = finite & xp.isfinite(loss)
+                if step % check_every == 0:
+                    snapshot = self._snapshot()
+                    snap_step = step
+                if step % check_every == check_every - 1 or step == steps - 1:
+                    if not bool(finite):
+                        self._rollback(snapshot)
+                        raise TrainingError(
+                            f"loss became NaN or Inf at epoch {epoch + 1}, between steps {snap_step + 1} and "
+                            f"{step + 1}; the model was rolled back to its weights before step {snap_step + 1}, "
+                            "the last checked good state (try a lower learning rate)")
             backprop(dZ)
             for reg in self.regularizers:
                 loss = loss + reg(net)
             if self.clip is not None:
                 self.clip(net)
-            opt.step(net)
+            if loss_has_params:
+                opt.step(net, loss_fn)
+            else:
+                opt.step(net)
             for constraint in self.constraints:
                 constraint(net)
             self.global_step += 1
@@ -209,6 +238,18 @@ class Trainer:
         if loss_fn.classification:
             logs["accuracy"] = int(correct) / N
         return logs
+
+    def _snapshot(self):
+        xp_copy = lambda a: B.namespace(a).asarray(a, copy=True)
+        opt = {k: {s: xp_copy(v) for s, v in slots.items()} for k, slots in self.optimizer.state.items()}
+        return ({k: xp_copy(v) for k, v in self.net.state_arrays().items()}, opt,
+                self.optimizer.steps, self.rng.counter, self.global_step)
+
+    def _rollback(self, snapshot):
+        arrays, opt, steps, counter, global_step = snapshot
+        self.net.load_state_arrays(arrays)
+        self.optimizer.state, self.optimizer.steps = opt, steps
+        self.rng.counter, self.global_step = counter, global_step
 
     def _bar(self, epoch, N):
         if not self.progress:

@@ -20,12 +20,16 @@ class Optimizer:
         self.state: dict[str, dict] = {}
         self.steps = 0
 
-    def step(self, net) -> None:
-        net.settle_grads()
-        for path, layer, name in net.parameters():
-            key = f"{path}/{name}"
-            layer.params[name] = self.update(key, layer.params[name], layer.grads[name],
-                                             decay=name in layer.decay)
+    def step(self, net, *more) -> None:
+        """One update of every parameter of ``net`` (and of ``more`` modules with parameters,
+        such as a hierarchical-softmax loss, keyed ``loss<i>.<path>/<name>``)."""
+        for i, module in enumerate((net, *more)):
+            module.settle_grads()
+            prefix = f"loss{i}." if i else ""
+            for path, layer, name in module.parameters():
+                key = f"{prefix}{path}/{name}"
+                layer.params[name] = self.update(key, layer.params[name], layer.grads[name],
+                                                 decay=name in layer.decay)
         self.steps += 1
 
     def update(self, key, W, dW, *, decay: bool):
