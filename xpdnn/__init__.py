@@ -1,7 +1,8 @@
 """xpdnn: deep feed-forward networks on any Array API library (NumPy, CuPy, PyTorch, ...)."""
 
 from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary)
-from .losses import Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError
+from .losses import (Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber,
+                     HuberLoss, MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge, HierarchicalSoftmax)
 from .optim import Optimizer, SGD
 from .trainer import Trainer, Callback, EarlyStopping, TrainingError
 from .io import save, load, load_optimizer
