@@ -357,3 +357,25 @@ def test_all_layers_train_together(backend):
     assert history["loss"][-1] < history["loss"][0]
     assert np.mean(backend.numpy(net.predict(backend.asarray(X))) == y) > 0.9
     assert B.dtype_name(net[2].buffers["running_var"].dtype) == "float32"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: BatchNorm1d(3, dtype="float64"), lambda: LayerNorm(3, dtype="float64"),
+    lambda: WeightNormLinear(3, 2, dtype="float64"), lambda: CosineLinear(3, 2, dtype="float64"),
+    lambda: DropConnect(3, 2, rate=0.5, dtype="float64")])
+def test_zero_grad_starts_a_fresh_accumulation(backend, rng, make):
+    layer = make()
+    X = backend.asarray(rng.standard_normal((4, 3)))
+    layer.to(like=X)
+    grads = []
+    for step in range(3):
+        if step != 1:
+            layer.zero_grad()                    # steps 0 and 1 accumulate; step 2 starts afresh
+        Y, backprop = layer.forward(X, train=True, rng=Stream(2))
+        backprop(backend.asarray(np.ones(tuple(Y.shape))))
+        layer.settle_grads()
+        grads.append({k: backend.numpy(v).copy() for k, v in layer.grads.items()})
+    for k in grads[0]:
+        assert np.any(grads[0][k] != 0), k
+        np.testing.assert_allclose(grads[1][k], 2 * grads[0][k], rtol=1e-12, err_msg=k)
+        np.testing.assert_allclose(grads[2][k], grads[0][k], rtol=1e-12, err_msg=k)

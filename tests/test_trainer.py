@@ -282,3 +282,30 @@ def test_deferred_nan_check_rolls_back(rng):
     epoch = int(info.value.args[0].split("at epoch ")[1].split(",")[0]) - 1
     for k, v in net.state_arrays().items():
         np.testing.assert_array_equal(B.to_numpy(v), snapshots[(epoch, first - 1)][k])
+
+
+def test_trainer_updates_a_loss_with_parameters(backend, rng):
+    """Hierarchical softmax owns its node weights; the trainer steps them with the net's."""
+    X, y = _blobs(rng, n=200, c=5)
+    hs = xd.HierarchicalSoftmax(8, 5, seed=0)
+    net = xd.Sequential(xd.Linear(5, 8), xd.Tanh())
+    W0 = B.to_numpy(hs.params["W"]).copy()
+    trainer = xd.Trainer(net, loss=hs, optimizer=xd.SGD(lr=0.1, momentum=0.9), batch_size=20, epochs=15,
+                         progress=False)
+    hist = trainer.fit(backend.asarray(X), backend.asarray(y))
+    assert not np.array_equal(B.to_numpy(hs.params["W"]), W0)
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert any(k.startswith("loss1.") for k in trainer.optimizer.state)
+
+
+def test_drop_last_skips_the_short_batch(rng):
+    X, y = _blobs(rng, n=50)
+    sizes = []
+
+    class Count(xd.Callback):
+        def on_batch_end(self, trainer, step, logs):
+            sizes.append(int(logs["size"]))
+
+    xd.Trainer(_net(), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.01), batch_size=16, epochs=1,
+               progress=False, callbacks=[Count()], drop_last=True).fit(X, y)
+    assert sizes == [16, 16, 16]

@@ -1,13 +1,15 @@
 """xpdnn: deep feed-forward networks on any Array API library (NumPy, CuPy, PyTorch, ...)."""
 
-from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary)
+from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary,
+                     BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise)
 from .losses import (Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber,
                      HuberLoss, MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge, HierarchicalSoftmax)
 from .optim import Optimizer, SGD
 from .trainer import Trainer, Callback, EarlyStopping, TrainingError
+from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
 from .random import Stream
-from . import init, random, datasets
+from . import init, random, datasets, ensemble
 
 __version__ = "0.1.0"
 

@@ -74,7 +74,8 @@ class Trainer:
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
                  seed: int = 0, callbacks=(), progress: bool = True, device=None,
-                 regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None):
+                 regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
+                 drop_last: bool = False):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -92,6 +93,7 @@ class Trainer:
         # how often the loss is checked for NaN/Inf (a host sync): every step on the CPU,
         # every 32 steps on a GPU (with a rollback snapshot); None = choose by device
         self.nan_check_every = nan_check_every
+        self.drop_last = bool(drop_last)     # skip the last, smaller batch (BatchNorm needs >= 2)
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
@@ -166,13 +168,16 @@ class Trainer:
     def _run_epoch(self, X, y, epoch):
         xp = B.namespace(X)
         N = X.shape[0]
-        steps = -(-N // self.batch_size)
+        steps = N // self.batch_size if self.drop_last else -(-N // self.batch_size)
+        if steps == 0:
+            raise ValueError(f"drop_last with batch_size {self.batch_size} > {N} samples leaves no batch")
+        N_used = min(N, steps * self.batch_size)
         order = np.random.default_rng([self.seed, epoch]).permutation(N)
         order = B.from_numpy(order.astype(np.int64), like=y)
         net, loss_fn, opt = self.net, self.loss, self.optimizer
         total = xp.zeros((), dtype=X.dtype, device=B.device(X))
         correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
-        bar = self._bar(epoch, N)
+        bar = self._bar(epoch, N_used)
         loss_has_params = isinstance(loss_fn, Layer)
         check_every = self.nan_check_every or (1 if B.device(X) == "cpu" or B.is_numpy(X) else 32)
         finite = xp.ones((), dtype=xp.bool, device=B.device(X))
@@ -233,10 +238,11 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        logs = {"loss": float(total) / N, "time": seconds, "samples_per_s": N / seconds if seconds else math.inf,
+        logs = {"loss": float(total) / N_used, "time": seconds,
+                "samples_per_s": N_used / seconds if seconds else math.inf,
                 "lr": opt.lr}
         if loss_fn.classification:
-            logs["accuracy"] = int(correct) / N
+            logs["accuracy"] = int(correct) / N_used
         return logs
 
     def _snapshot(self):

@@ -30,6 +30,8 @@ class Layer:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         LAYERS[cls.__name__] = cls
+        # opt-in per class, never inherited: a subclass's backprop may still use `+=`
+        cls.lazy_zero_grad = cls.__dict__.get("lazy_zero_grad", False)
 
     def __init__(self, dtype: str = "float32"):
         B.resolve_dtype(np, dtype)

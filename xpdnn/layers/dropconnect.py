@@ -53,9 +53,9 @@ class DropConnect(Linear):
 
         def backprop(dY):
             xp = B.namespace(dY)
-            self.grads["W"] += (dY.T @ X) * M
+            self.add_grad("W", (dY.T @ X) * M)
             if self.use_bias:
-                self.grads["b"] += xp.sum(dY, axis=0)
+                self.add_grad("b", xp.sum(dY, axis=0))
             return dY @ Wd
 
         return Y, backprop

@@ -19,6 +19,7 @@ class Maxout(Layer):
     """
 
     decay = ("W",)
+    lazy_zero_grad = True
 
     def __init__(self, n_in: int, n_out: int, pieces: int = 2, *, init="he", bias: float = 0.0,
                  seed: int = 0, dtype: str = "float32"):
@@ -70,8 +71,8 @@ class Maxout(Layer):
             pieces = xp.reshape(xp.arange(k, device=B.device(X)), (1, k, 1))
             dZ = xp.astype(pieces == win[:, None, :], dY.dtype) * dY[:, None, :]   # (N, k, n_out)
             dZ2 = xp.reshape(dZ, (N, k * n_out))
-            self.grads["W"] += xp.reshape(dZ2.T @ X, (k, n_out, self._n_in))
-            self.grads["b"] += xp.sum(dZ, axis=0)
+            self.add_grad("W", xp.reshape(dZ2.T @ X, (k, n_out, self._n_in)))
+            self.add_grad("b", xp.sum(dZ, axis=0))
             return dZ2 @ W2
 
         return Y, backprop

@@ -77,8 +77,8 @@ class _Affine(Layer):
     def _affine_backward(self, dY, Xhat):
         """Adds dgamma, dbeta; returns dXhat."""
         xp = B.namespace(dY)
-        self.grads["gamma"] += xp.sum(dY * Xhat, axis=0)
-        self.grads["beta"] += xp.sum(dY, axis=0)
+        self.add_grad("gamma", xp.sum(dY * Xhat, axis=0))
+        self.add_grad("beta", xp.sum(dY, axis=0))
         return dY * self.params["gamma"]
 
 

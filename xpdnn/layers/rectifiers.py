@@ -69,6 +69,7 @@ class PReLU(Layer):
     """
 
     decay = ()
+    lazy_zero_grad = True
 
     def __init__(self, n_units: int | None = None, *, init: float = 0.25, dtype: str = "float32"):
         super().__init__(dtype)
@@ -114,7 +115,7 @@ class PReLU(Layer):
         def backprop(dY):
             neg = xp.where(X > 0, xp.zeros_like(X), X)
             dA = xp.sum(neg * dY, axis=sum_axes) if sum_axes else neg * dY
-            self.grads["alpha"] += xp.reshape(dA, alpha.shape)
+            self.add_grad("alpha", xp.reshape(dA, alpha.shape))
             return leaky_relu_backward(dY, X, A)
 
         return Y, backprop

@@ -99,9 +99,9 @@ class WeightNormLinear(_Dense):
         def backprop(dY):
             xp = B.namespace(dY)
             dv, dg = weight_norm_backward(dY.T @ X, v, g, norm)
-            self.grads["v"] += dv
-            self.grads["g"] += dg
-            self.grads["b"] += xp.sum(dY, axis=0)
+            self.add_grad("v", dv)
+            self.add_grad("g", dg)
+            self.add_grad("b", xp.sum(dY, axis=0))
             return dY @ W
 
         return Y, backprop
@@ -149,7 +149,7 @@ class CosineLinear(_Dense):
             # d|x_i|: -sum_j dY_ij Y_ij / |x_i|, and d|x_i| / dx_i = x_i / |x_i|
             gx = xp.sum(dY * Y, axis=1, keepdims=True) / (nx * nx)
             gw = xp.sum(dY * Y, axis=0, keepdims=True) / (nw * nw)
-            self.grads["W"] += dS.T @ X - gw.T * W
+            self.add_grad("W", dS.T @ X - gw.T * W)
             return dS @ W - gx * X
 
         return Y, backprop

@@ -102,7 +102,7 @@ def gelu_backward(dY, X, P=None):
     xp = B.namespace(dY)
     P = normal_cdf(X) if P is None else P
     Xc = xp.clip(X, min=-40.0, max=40.0)        # phi(X) underflows to 0 beyond: no overflow in X^2
-    return dY * (P + 0.999*X * (_INV_SQRT_2PI * xp.exp(-0.5 * Xc * Xc)))
+    return dY * (P + X * (_INV_SQRT_2PI * xp.exp(-0.5 * Xc * Xc)))
 
 
 def _gelu_tanh_gate(X):
