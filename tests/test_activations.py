@@ -450,3 +450,22 @@ def test_perceptron_rejects_bad_input():
         model.fit(np.array([[0.0, np.nan]]), np.array([1]))
     with pytest.raises(ValueError, match="learning rate"):
         Perceptron(2, lr=0.0)
+
+
+@pytest.mark.parametrize("make", [lambda: PReLU(5, dtype="float64"), lambda: _maxout_without_ties()[0]])
+def test_parameter_gradients_accumulate_after_zero_grad(backend, make):
+    layer = make()
+    X = backend.asarray(_inputs())
+    layer.ensure_like(X)
+    G_host = np.random.default_rng(4).standard_normal(tuple(layer.forward(X)[0].shape))
+    layer.zero_grad()
+    layer.forward(X, train=True)[1](backend.asarray(G_host))
+    once = {k: backend.numpy(g).copy() for k, g in layer.grads.items()}
+    assert all(np.any(g != 0) for g in once.values())
+    layer.forward(X, train=True)[1](backend.asarray(G_host))
+    for k, g in layer.grads.items():
+        np.testing.assert_allclose(backend.numpy(g), 2 * once[k], rtol=1e-14)
+    layer.zero_grad()
+    layer.forward(X, train=True)[1](backend.asarray(G_host))
+    for k, g in layer.grads.items():
+        np.testing.assert_allclose(backend.numpy(g), once[k], rtol=1e-14)

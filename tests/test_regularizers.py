@@ -130,6 +130,28 @@ def test_elastic_net_is_l1_plus_l2(backend):
         np.testing.assert_allclose(g_en[k], g_sum[k], rtol=1e-12)
 
 
+def test_regularizer_after_lazy_zero_grad(backend):
+    """Right after zero_grad (no backprop yet) a layer may hold stale gradient buffers that its
+    next backprop would overwrite; the regularizer must add to true zeros."""
+    net = make_net(backend)
+    set_grads(net, backend, scale=3.0)
+    net.zero_grad()
+    L2(0.5, include_bias=True)(net)
+    P, g = params(net), grads(net)
+    for k in P:
+        np.testing.assert_allclose(g[k], 0.5 * P[k], rtol=1e-12, err_msg=k)
+
+
+def test_regularizer_covers_more_modules(backend):
+    net, other = make_net(backend), make_net(backend, seed=5)
+    set_grads(net, backend, scale=0.0)
+    set_grads(other, backend, scale=0.0)
+    penalty = L2(1.0)(net, other)
+    both = L2(1.0)(make_net(backend)) + L2(1.0)(make_net(backend, seed=5))
+    assert B.to_float(penalty) == pytest.approx(B.to_float(both), rel=1e-12)
+    np.testing.assert_allclose(grads(other)["layers.2.W"], params(other)["layers.2.W"], rtol=1e-12)
+
+
 def test_regularizer_on_net_without_weights(backend):
     net = Sequential(Tanh())
     assert L2(0.1)(net) == 0.0
@@ -202,6 +224,20 @@ def test_clip_grad_norm_vs_torch(backend, max_norm, norm_type):
     else:
         for k, h in host.items():
             np.testing.assert_allclose(got[k], h, rtol=1e-6)           # left (almost) alone
+
+
+def test_clip_grad_norm_over_several_modules(backend):
+    torch = pytest.importorskip("torch")
+    net, other = make_net(backend), make_net(backend, seed=5)
+    host = list(set_grads(net, backend, seed=1).values()) + list(set_grads(other, backend, seed=2).values())
+    ClipGradNorm(1.0)(net, other)
+    tensors = [torch.zeros(h.shape, dtype=torch.float64, requires_grad=True) for h in host]
+    for p, h in zip(tensors, host):
+        p.grad = torch.from_numpy(h.copy())
+    torch.nn.utils.clip_grad_norm_(tensors, 1.0)
+    got = list(grads(net).values()) + list(grads(other).values())
+    for g, p in zip(got, tensors):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-10)
 
 
 def test_clip_grad_value_vs_torch(backend):

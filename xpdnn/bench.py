@@ -710,7 +710,7 @@ def run_w1(r: Run):
     for variant, rate in (("no-dropout", 0.0), ("dropout", W1_DROPOUT)):
         for peer in peers:
             if peer.kind == "sklearn" and rate:
-                r.skip("W1:dropout", peer.name, "scikit-learn's MLPClassifier has no dropout")
+                r.skip("W1 dropout", peer.name, "scikit-learn's MLPClassifier has no dropout")
                 continue
             params = {"n_samples": n, "batch": W1_BATCH, "sizes": list(W1_SIZES), "dropout": rate,
                       "lr": LR, "momentum": MOMENTUM, "dtype": "float32"}
@@ -877,13 +877,18 @@ def run(cfg: Config, quiet: bool = False) -> dict:
     started = _dt.datetime.now(_dt.timezone.utc)
     machine = machine_info()
     steps = {"W1": run_w1, "W2": run_w2, "W3": run_w3, "W4": run_w4, "S": run_scaling}
+    elapsed = {}
     for w in cfg.only:
         _log(f"{w} {WORKLOADS[w]}", quiet)
+        t0 = time.perf_counter()
         steps[w](r)
+        elapsed[w] = round(time.perf_counter() - t0, 2)
+        _log(f"{w} done in {elapsed[w]:.1f} s", quiet)
     report = {
         "schema": 1,
         "date": started.isoformat(timespec="seconds"),
         "duration_s": (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds(),
+        "workload_seconds": elapsed,
         "config": {"scale": cfg.scale, "quick": cfg.quick, "repeat": cfg.repeat, "warmup": cfg.warmup,
                    "threads": threads, "thread_setup": thread_setup, "only": list(cfg.only),
                    "peers": list(cfg.peers), "gpu": cfg.gpu, "memory": cfg.memory, "seed": cfg.seed},

@@ -278,6 +278,14 @@ def _covariance_eigh(xp, X):
     return mean, S, U
 
 
+def _check_nonsingular(xp, S, what):
+    """Whitening with eps=0 divides by sqrt(S): refuse (numerically) zero variances."""
+    tiny = S[0] * S.shape[0] * 2.3e-16 if S.shape[0] else 0.0
+    if not bool(xp.all(S > tiny)):
+        raise ValueError(f"the training covariance is singular (a direction without variance): "
+                         f"{what} needs eps > 0")
+
+
 class PCA(Transformer):
     """Principal component analysis from the eigendecomposition of the training covariance
     ``C = Xc^T Xc / N`` (``Xc = X - mean``), components ordered by decreasing variance.
@@ -325,6 +333,8 @@ class PCA(Transformer):
         if k > D:
             raise ValueError(f"n_components={k} but X has only {D} features")
         mean, S, U = _covariance_eigh(xp, X)
+        if self.whiten and self.eps == 0:
+            _check_nonsingular(xp, S[:k], "PCA whitening")
         return {"mean": mean, "components": U[:, :k].T, "variance": S[:k], "total_variance": xp.sum(S)}
 
     @property
@@ -383,9 +393,9 @@ class ZCA(Transformer):
 
     def _fit(self, xp, X):
         mean, S, U = _covariance_eigh(xp, X)
+        if self.eps == 0:
+            _check_nonsingular(xp, S, "ZCA whitening")
         root = xp.sqrt(S + self.eps)
-        if self.eps == 0 and not bool(xp.all(root > 0)):
-            raise ValueError("the training covariance is singular: ZCA whitening needs eps > 0")
         return {"mean": mean, "whitening": (U / root) @ U.T, "coloring": (U * root) @ U.T}
 
     def _transform(self, xp, X):

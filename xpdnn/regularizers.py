@@ -4,8 +4,10 @@
   into the layers' ``grads`` and returns the penalty (a 0-d array, or ``0.0`` for a net without
   parameters), which the trainer adds to the logged loss.  By default they act on the weights
   a layer lists in ``decay`` (``W``), not on biases; ``include_bias=True`` covers every parameter.
-* Clipping (``Trainer(clip=...)``): ``clip(net)`` rescales the gradients in place of the step.
+* Clipping (``Trainer(clip=...)``): ``clip(net)`` rescales the gradients before the step.
 * Constraints (``Trainer(constraints=[...])``): ``c(net)`` projects the parameters after the step.
+
+Each also takes further modules with parameters, ``r(net, loss_fn)``, as ``optimizer.step`` does.
 
 L2 added to the loss makes plain SGD's update ``W <- (1 - lr * lam) W - lr * dW`` (coupled weight
 decay, the same as ``SGD(weight_decay=lam)``); the decoupled form is :class:`xpdnn.optim.adaptive.AdamW`.
@@ -18,11 +20,21 @@ import math
 from . import _backend as B
 
 
-def _selected(net, include_bias):
+def _parameters(modules):
+    """(layer, name) of every parameter of ``modules`` (a net and, e.g., a loss with parameters),
+    after settling gradients left pending by a lazy ``zero_grad``."""
+    out = []
+    for module in modules:
+        settle = getattr(module, "settle_grads", None)
+        if settle is not None:
+            settle()
+        out.extend((layer, name) for _, layer, name in module.parameters())
+    return out
+
+
+def _selected(modules, include_bias):
     """(layer, name) of the parameters a regularizer acts on."""
-    for _, layer, name in net.parameters():
-        if include_bias or name in layer.decay:
-            yield layer, name
+    return [(layer, name) for layer, name in _parameters(modules) if include_bias or name in layer.decay]
 
 
 def _check_strength(what, lam):
@@ -33,8 +45,8 @@ def _check_strength(what, lam):
 
 
 class Regularizer:
-    """Base class: ``r(net)`` adds ``penalty_gradient(W)`` into each selected gradient and returns
-    the summed ``penalty(W)``."""
+    """Base class: ``r(net, *more)`` adds ``gradient(W)`` into each selected gradient of ``net``
+    (and of ``more`` modules with parameters) and returns the summed ``penalty(W)``."""
 
     def __init__(self, include_bias: bool = False):
         self.include_bias = bool(include_bias)
@@ -45,11 +57,12 @@ class Regularizer:
     def gradient(self, W):
         raise NotImplementedError
 
-    def __call__(self, net):
+    def __call__(self, net, *more):
         total = 0.0
-        for layer, name in _selected(net, self.include_bias):
+        for layer, name in _selected((net, *more), self.include_bias):
             W = layer.params[name]
-            layer.grads[name] += self.gradient(W)
+            # not in place: after a lazy zero_grad a gradient may be an array backprop also uses
+            layer.grads[name] = layer.grads[name] + self.gradient(W)
             total = total + self.penalty(W)
         return total
 
@@ -124,10 +137,10 @@ class MaxNorm:
             raise ValueError(f"max-norm bound c must be a finite number > 0, got {c}")
         self.c = c
 
-    def __call__(self, net):
-        for _, layer, name in net.parameters():
+    def __call__(self, net, *more):
+        for layer, name in _selected((net, *more), include_bias=False):
             W = layer.params[name]
-            if name not in layer.decay or W.ndim < 2:
+            if W.ndim < 2:
                 continue
             xp = B.namespace(W)
             norms = xp.sqrt(xp.sum(W * W, axis=tuple(range(1, W.ndim)), keepdims=True))
@@ -138,12 +151,13 @@ class MaxNorm:
         return f"MaxNorm(c={self.c})"
 
 
-def _grads(net):
-    return [(layer, name) for _, layer, name in net.parameters()]
+def _modules(net):
+    return tuple(net) if isinstance(net, (list, tuple)) else (net,)
 
 
 def clip_grad_norm(net, max_norm: float, norm_type: float = 2.0):
-    """Rescale all of ``net``'s gradients together so that their global ``norm_type``-norm is at
+    """Rescale all of ``net``'s gradients (``net`` may be a list of modules, e.g. a net and a loss
+    with parameters) together so that their global ``norm_type``-norm is at
     most ``max_norm``, as ``torch.nn.utils.clip_grad_norm_``: with ``total`` the norm of all
     gradients concatenated, every gradient is multiplied by ``min(1, max_norm / (total + 1e-6))``.
     Returns ``total`` (a 0-d array, before clipping; ``0.0`` for a net without parameters)."""
@@ -152,7 +166,7 @@ def clip_grad_norm(net, max_norm: float, norm_type: float = 2.0):
         raise ValueError(f"max_norm must be > 0, got {max_norm}")
     if not norm_type > 0:
         raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
-    grads = _grads(net)
+    grads = _parameters(_modules(net))
     if not grads:
         return 0.0
     xp = B.namespace(*(layer.grads[name] for layer, name in grads))
@@ -167,12 +181,12 @@ def clip_grad_norm(net, max_norm: float, norm_type: float = 2.0):
 
 
 def clip_grad_value(net, clip_value: float):
-    """Clamp every gradient element of ``net`` into ``[-clip_value, clip_value]``, as
-    ``torch.nn.utils.clip_grad_value_``."""
+    """Clamp every gradient element of ``net`` (a module or a list of them) into
+    ``[-clip_value, clip_value]``, as ``torch.nn.utils.clip_grad_value_``."""
     clip_value = float(clip_value)
     if not clip_value > 0:
         raise ValueError(f"clip_value must be > 0, got {clip_value}")
-    for layer, name in _grads(net):
+    for layer, name in _parameters(_modules(net)):
         g = layer.grads[name]
         layer.grads[name] = B.namespace(g).clip(g, min=-clip_value, max=clip_value)
 
@@ -189,8 +203,8 @@ class ClipGradNorm:
             raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type}")
         self.last_norm = None
 
-    def __call__(self, net):
-        self.last_norm = clip_grad_norm(net, self.max_norm, self.norm_type)
+    def __call__(self, net, *more):
+        self.last_norm = clip_grad_norm((net, *more), self.max_norm, self.norm_type)
         return self.last_norm
 
     def __repr__(self):
@@ -205,8 +219,8 @@ class ClipGradValue:
         if not self.clip_value > 0:
             raise ValueError(f"clip_value must be > 0, got {clip_value}")
 
-    def __call__(self, net):
-        clip_grad_value(net, self.clip_value)
+    def __call__(self, net, *more):
+        clip_grad_value((net, *more), self.clip_value)
 
     def __repr__(self):
         return f"ClipGradValue(clip_value={self.clip_value})"

@@ -234,7 +234,11 @@ class Trainer:
             if bar is not None:
                 bar.update(n)
                 if step % 10 == 9 or step == steps - 1:
-                    bar.set_postfix(loss=f"{float(total) / min(N, (step + 1) * self.batch_size):.4f}", refresh=False)
+                    seen = min(N, (step + 1) * self.batch_size)
+                    post = {"loss": f"{float(total) / seen:.4f}"}
+                    if loss_fn.classification:
+                        post["acc"] = f"{int(correct) / seen:.3f}"
+                    bar.set_postfix(post, refresh=False)
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()

@@ -177,8 +177,8 @@ def load_csv(path, *, label_column: int | None = -1, header: bool = False, delim
     ``label_column`` (the last column by default; ``None`` for no labels, then y is None).
 
     X: (N, n_columns - 1) in ``dtype``; y: (N,) int64.  Integer labels are kept as they are;
-    any other labels (e.g. class names) become indices into their sorted unique values,
-    returned as ``classes`` when ``return_classes=True`` (``(X, y, classes)``).
+    any other labels (class names, non-integer numbers) become indices into their sorted unique
+    values, returned as ``classes`` when ``return_classes=True`` (``(X, y, classes)``).
     ``header=True`` skips the first row.  Blank lines are ignored.  Raises ValueError naming
     the row and column of a non-numeric feature or a row with the wrong number of columns.
     """
@@ -227,18 +227,19 @@ def load_csv(path, *, label_column: int | None = -1, header: bool = False, delim
 
 
 def _labels(cells):
-    """Label strings -> (int64 labels, classes): integers as they are, otherwise indices into
-    the sorted unique strings."""
+    """Label strings -> (int64 labels, classes): integers as they are; other numbers become
+    indices into their sorted unique values, anything else indices into the sorted strings."""
     try:
-        as_float = [float(c) for c in cells]
-        if all(np.isfinite(v) and v == int(v) for v in as_float):
-            y = np.asarray([int(v) for v in as_float], dtype=np.int64)
-            return y, sorted(set(y.tolist()))
+        values = [float(c) for c in cells]
     except ValueError:
-        pass
-    classes = sorted(set(cells))
+        values = None
+    if values is not None and all(np.isfinite(v) and v == int(v) for v in values):
+        y = np.asarray([int(v) for v in values], dtype=np.int64)
+        return y, sorted(set(y.tolist()))
+    keys = values if values is not None else cells
+    classes = sorted(set(keys))
     index = {c: i for i, c in enumerate(classes)}
-    return np.asarray([index[c] for c in cells], dtype=np.int64), classes
+    return np.asarray([index[c] for c in keys], dtype=np.int64), classes
 
 
 def save_npz(path, X, y) -> None:

@@ -25,6 +25,11 @@ BITS_KERNEL = "xpdnn_philox_bits32"
 THREADS = 256
 
 
+def kernel_names() -> list[str]:
+    """Every entry point of ``dropout.cu`` (the compile test checks each is in the PTX)."""
+    return list(KERNELS.values()) + [BITS_KERNEL]
+
+
 def _grid(n: int) -> tuple[int]:
     n_blocks = -(-n // 8)                       # one thread per Philox block of 8 elements
     return (max(1, min(-(-n_blocks // THREADS), 2**31 - 1)),)

@@ -20,6 +20,8 @@
 // Z and dZ carry no __restrict__: with inplace they are the same buffer.  Every element is read
 // (by the thread that writes it, or before a __syncthreads) before it is overwritten.
 // Kernels use 64-bit indices throughout (N * C may exceed 2**31).
+// XENT_HOST_EMULATION is defined only by the test suite, which compiles this file as C++ on the
+// CPU (one std::thread per CUDA thread) to run the exact kernel code without a GPU.
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -59,13 +61,21 @@ template <> struct Conv<double> {
 template <> struct Conv<half_t> {
     typedef float A;
     static __device__ __forceinline__ float load(half_t h) {
+#ifdef XENT_HOST_EMULATION
+        return xent_host_half_to_float(h.bits);
+#else
         float f;
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
         return f;
+#endif
     }
     static __device__ __forceinline__ half_t store(float a) {
         half_t h;
+#ifdef XENT_HOST_EMULATION
+        h.bits = xent_host_float_to_half(a);
+#else
         asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(a));
+#endif
         return h;
     }
 };

@@ -60,6 +60,18 @@ def plan(C: int) -> tuple[str, int]:
     return "block", BLOCK
 
 
+def launch_config(N: int, C: int, tname: str, z_ptr: int, ldz: int, g_ptr: int, ldg: int, itemsize: int):
+    """``(kernel name, grid, block, vec)`` for the row kernel: ``vec`` is 1 when every row of
+    the logits and of the gradient starts on a 16-byte boundary (so 16-byte loads and stores
+    are legal), else 0."""
+    aligned = (z_ptr % 16 == 0 and g_ptr % 16 == 0
+               and (N == 1 or ((ldz * itemsize) % 16 == 0 and (ldg * itemsize) % 16 == 0)))
+    kind, size = plan(C)
+    if kind == "warp":
+        return f"xent_warp{size}_{SUFFIX[tname]}", -(-N // WARP_ROWS), 32 * WARP_ROWS, int(aligned)
+    return f"xent_block_{SUFFIX[tname]}", N, BLOCK, int(aligned)
+
+
 def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, reduction="mean",
                  inplace=False, logits_dtype=None):
     """Softmax cross-entropy of CuPy logits against integer labels, fused.
@@ -107,7 +119,7 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
         if N == 0:
             loss = cupy.zeros((0,) if reduction == "none" else (), dtype=acc)
             return loss, (Z if inplace else cupy.empty_like(Z))
-        if Z.strides[1] != item or Z.strides[0] < 0 or Z.strides[0] % item:
+        if Z.strides[1] != item or Z.strides[0] % item or (N > 1 and Z.strides[0] < C * item):
             Z = cupy.ascontiguousarray(Z)
         ldz = Z.strides[0] // item if N > 1 else C
         if inplace:
@@ -133,18 +145,11 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
         prepass((1,), (PREPASS_THREADS,), (y64, w, np.int32(has_w), np.int64(N), np.int64(C), ign,
                                            np.int32(has_ignore), den, bad))
 
-        aligned = (Z.data.ptr % 16 == 0 and G.data.ptr % 16 == 0
-                   and (N == 1 or ((ldz * item) % 16 == 0 and (ldg * item) % 16 == 0)))
-        kind, size = plan(C)
+        name, grid, block, vec = launch_config(N, C, tname, Z.data.ptr, ldz, G.data.ptr, ldg, item)
         args = (Z, np.int64(ldz), G, np.int64(ldg), y64, w, np.int32(has_w), np.int64(N), np.int64(C), ign,
                 np.int32(has_ignore), np.float64(eps), np.float64(wsum), np.int32(_REDUCTION_CODE[reduction]),
-                den, row_loss, np.int32(1 if aligned else 0))
-        if kind == "warp":
-            kernel = get_function(source, f"xent_warp{size}_{SUFFIX[tname]}")
-            kernel((-(-N // WARP_ROWS),), (32 * WARP_ROWS,), args)
-        else:
-            kernel = get_function(source, f"xent_block_{SUFFIX[tname]}")
-            kernel((N,), (BLOCK,), args)
+                den, row_loss, np.int32(vec))
+        get_function(source, name)((grid,), (block,), args)
         loss = row_loss if reduction == "none" else row_loss.sum()
         first_bad = int(bad.get()[0])
         if first_bad != _NO_BAD_ROW:

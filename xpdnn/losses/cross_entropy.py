@@ -158,7 +158,8 @@ class SoftmaxCrossEntropy(Loss):
         if self.fused and not soft and B.is_cupy(Z):
             from ..kernels.softmax_xent import fused_available, softmax_xent
             if fused_available(Z):
-                return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z),
+                acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
+                return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z, acc),
                                     ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
                                     reduction=self.reduction, inplace=self.inplace)
         if soft:
