@@ -118,6 +118,21 @@ def test_trajectory_matches_torch(backend, case):
     assert all(not np.allclose(got[-1][k], start[k]) for k in start)
 
 
+@pytest.mark.parametrize("case", ["sgd-nesterov-wd", "adagrad-wd", "rmsprop-all", "adam-amsgrad-wd", "adamw-wd"])
+def test_float32_stays_float32(backend, case):
+    torch = pytest.importorskip("torch")
+    cls, torch_cls, kwargs = CASES[case]
+    net = make_net(backend).astype("float32")
+    grads = [{k: g.astype(np.float32) for k, g in step.items()} for step in gradient_sequence(net, steps=5)]
+    expected = run_torch(torch, net, torch_cls, kwargs, grads)
+    got = run_ours(net, cls(**kwargs), grads, backend)
+    for _, layer, name in net.parameters():
+        assert B.dtype_name(layer.params[name].dtype) == "float32"
+    for k in expected[-1]:
+        assert got[-1][k].dtype == np.float32
+        np.testing.assert_allclose(got[-1][k], expected[-1][k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
 @pytest.mark.parametrize("cls,kwargs", [(SGD, dict(lr=0.1, weight_decay=0.5)),
                                         (Adagrad, dict(lr=0.1, weight_decay=0.5)),
                                         (RMSProp, dict(lr=0.01, weight_decay=0.5)),

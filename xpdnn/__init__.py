@@ -4,12 +4,14 @@ from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Drop
                      BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise)
 from .losses import (Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber,
                      HuberLoss, MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge, HierarchicalSoftmax)
-from .optim import Optimizer, SGD
+from .optim import (Optimizer, SGD, Adagrad, RMSProp, Adam, AdamW, StepDecay, ExponentialDecay,
+                    InverseTimeDecay, CosineWarmup, ReduceLROnPlateau)
+from .regularizers import L1, L2, ElasticNet, MaxNorm, ClipGradNorm, ClipGradValue
 from .trainer import Trainer, Callback, EarlyStopping, TrainingError
 from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
 from .random import Stream
-from . import init, random, datasets, ensemble
+from . import init, random, datasets, ensemble, regularizers
 
 __version__ = "0.1.0"
 

@@ -214,16 +214,17 @@ class Trainer:
                             f"{step + 1}; the model was rolled back to its weights before step {snap_step + 1}, "
                             "the last checked good state (try a lower learning rate)")
             backprop(dZ)
+            extra = (loss_fn,) if loss_has_params else ()
             for reg in self.regularizers:
-                loss = loss + reg(net)
+                loss = loss + reg(net, *extra)
             if self.clip is not None:
-                self.clip(net)
+                self.clip(net, *extra)
             if loss_has_params:
                 opt.step(net, loss_fn)
             else:
                 opt.step(net)
             for constraint in self.constraints:
-                constraint(net)
+                constraint(net, *extra)
             self.global_step += 1
             n = Xb.shape[0]
             total = total + loss * n
