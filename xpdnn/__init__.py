@@ -1,7 +1,9 @@
 """xpdnn: deep feed-forward networks on any Array API library (NumPy, CuPy, PyTorch, ...)."""
 
 from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary,
-                     BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise)
+                     BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise,
+                     LeakyReLU, PReLU, RReLU, ELU, Softplus, GELU, SiLU, Maxout)
+from .perceptron import Perceptron
 from .losses import (Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber,
                      HuberLoss, MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge, HierarchicalSoftmax)
 from .optim import (Optimizer, SGD, Adagrad, RMSProp, Adam, AdamW, StepDecay, ExponentialDecay,

@@ -7,3 +7,6 @@ from .normalization import BatchNorm1d, LayerNorm
 from .reparam import WeightNormLinear, CosineLinear
 from .dropconnect import DropConnect
 from .noise import GaussianNoise
+from .rectifiers import LeakyReLU, PReLU, RReLU, ELU
+from .smooth import Softplus, GELU, SiLU
+from .maxout import Maxout
