@@ -309,3 +309,23 @@ def test_drop_last_skips_the_short_batch(rng):
     xd.Trainer(_net(), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.01), batch_size=16, epochs=1,
                progress=False, callbacks=[Count()], drop_last=True).fit(X, y)
     assert sizes == [16, 16, 16]
+
+
+def test_preprocessing_travels_with_the_model(tmp_path, backend, rng):
+    from xpdnn.preprocessing import PCA
+    X, y = _blobs(rng, d=6)
+    pre = PCA(4).fit(X[:80])
+    net = xd.Sequential(xd.Linear(4, 16), xd.ReLU(), xd.Linear(16, 3))
+    net.preprocessing = pre
+    _trainer(net, epochs=2).fit(backend.asarray(X), backend.asarray(y))
+    with pytest.raises(ValueError, match="6"):
+        net.predict(backend.asarray(X[:, :4]))      # raw inputs have 6 features
+    xd.save(net, tmp_path / "m.xpd")
+    net2 = xd.load(tmp_path / "m.xpd")
+    assert isinstance(net2.preprocessing, PCA) and net2.preprocessing.n_features == 6
+    np.testing.assert_allclose(backend.numpy(net2.predict_proba(backend.asarray(X))),
+                               backend.numpy(net.predict_proba(backend.asarray(X))), rtol=1e-5, atol=1e-7)
+    # the transform really is applied: the bare layers on raw-projected inputs agree
+    Z = pre.transform(X).astype(np.float32)
+    np.testing.assert_allclose(net2.layers[2](net2.layers[1](net2.layers[0](Z))),
+                               net2.forward(Z)[0], rtol=1e-6)

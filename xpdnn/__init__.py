@@ -13,7 +13,7 @@ from .trainer import Trainer, Callback, EarlyStopping, TrainingError
 from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
 from .random import Stream
-from . import init, random, datasets, ensemble, regularizers
+from . import init, random, datasets, ensemble, regularizers, preprocessing, diagnostics
 
 __version__ = "0.1.0"
 

@@ -77,7 +77,7 @@ def to_numpy(x) -> np.ndarray:
         return x.get()
     if is_torch(x):
         return x.detach().cpu().numpy()
-    if isinstance(x, (int, float, list, tuple)):
+    if isinstance(x, (int, float, list, tuple, np.generic)):
         return np.asarray(x)
     try:
         return np.from_dlpack(x)

@@ -67,12 +67,23 @@ def cmd_train(args) -> int:
     put = lambda a: devices.put(a, backend)
     X_tr, X_te, y_tr, y_te = map(put, (X_tr, X_te, y_tr, y_te))
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
-    net = build_mlp(X.shape[1], hidden, int(y.max()) + 1, args.activation, args.dropout, args.seed)
+    pre = _preprocessing(args.preprocess)
+    n_in = X.shape[1]
+    if pre is not None:
+        pre.fit(X_tr)                      # statistics from the training part only
+        n_in = pre.output_size()
+        print(f"preprocessing: {pre!r} fitted on the training set")
+    net = build_mlp(n_in, hidden, int(y.max()) + 1, args.activation, args.dropout, args.seed)
+    net.preprocessing = pre
     print(net.summary())
+    callbacks = []
+    if args.diagnostics:
+        from xpdnn.diagnostics import diagnostics_callbacks
+        callbacks = diagnostics_callbacks(pre.transform(X_tr) if pre is not None else X_tr)
     trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(),
                          optimizer=_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
                          batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
-                         progress=not args.quiet)
+                         progress=not args.quiet, callbacks=callbacks)
     t0 = time.perf_counter()
     history = trainer.fit(X_tr, y_tr, validation=(X_te, y_te))
     seconds = time.perf_counter() - t0
@@ -80,10 +91,27 @@ def cmd_train(args) -> int:
     per_epoch = sum(history["time"]) / max(len(history["time"]), 1)
     print(f"trained {len(history['loss'])} epochs in {seconds:.1f} s ({per_epoch * 1000:.0f} ms/epoch)")
     print(f"test accuracy: {acc:.4f}")
+    if args.diagnostics:
+        from xpdnn.diagnostics import format_diagnostics
+        print(format_diagnostics(history))
     if args.save:
         trainer.save(args.save)
         print(f"saved model and optimizer state to {args.save}")
     return 0
+
+
+def _preprocessing(spec):
+    """``none``, ``mean``, ``standardize``, ``minmax``, ``pca:K``, ``pca-whiten:K`` or ``zca``."""
+    from xpdnn import preprocessing as P
+
+    name, _, k = spec.partition(":")
+    k = int(k) if k else None
+    table = {"none": lambda: None, "mean": P.MeanSubtraction, "standardize": P.Standardizer,
+             "minmax": P.MinMaxScaler, "pca": lambda: P.PCA(k), "pca-whiten": lambda: P.PCA(k, whiten=True),
+             "zca": P.ZCA}
+    if name not in table:
+        raise SystemExit(f"xpdnn: unknown preprocessing {spec!r}; choose from {sorted(table)}")
+    return table[name]()
 
 
 def cmd_info(args) -> int:
@@ -140,6 +168,10 @@ def main(argv=None) -> int:
     t.add_argument("--batch-size", type=int, default=32, help="mini-batch size (default 32)")
     t.add_argument("--test-size", type=float, default=0.25, help="held-out fraction (default 0.25)")
     t.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
+    t.add_argument("--preprocess", default="none",
+                   help="none (default), mean, standardize, minmax, pca:K, pca-whiten:K, zca (fitted on the train split)")
+    t.add_argument("--diagnostics", action="store_true",
+                   help="record gradient flow, dead ReLUs and saturation per epoch and print them")
     t.add_argument("--save", default=None, help="write the trained model (and optimizer state) here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)

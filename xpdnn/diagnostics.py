@@ -82,10 +82,14 @@ def _place(net, X):
 
 def activations(net, X, batch_size: int = 4096):
     """Evaluation-mode forward pass of X (N, n_in) through ``net`` (a Sequential) in batches,
-    yielding for each batch a list of ``(path, layer, Y)`` for every chained layer."""
-    X = _place(net, X)
+    yielding for each batch a list of ``(path, layer, Y)`` for every chained layer.  The net's
+    parameters are moved next to X if they live elsewhere."""
+    X = B.as_array(X, "X")
+    net.ensure_like(X)
+    xp = B.namespace(X)
+    X = xp.astype(X, B.resolve_dtype(xp, net.dtype), copy=False)
     for start in range(0, X.shape[0], batch_size):
-        Y = X[start:start + batch_size, ...]
+        Y = X[start:min(start + batch_size, X.shape[0]), ...]
         out = []
         for path, layer in _leaves(net):
             Y = layer.forward(Y, train=False)[0]
@@ -117,7 +121,7 @@ def dead_fractions(net, X, batch_size: int = 4096) -> dict:
     out = {}
     for path, a in alive.items():
         xp = B.namespace(a)
-        out[path] = 1.0 - B.to_float(xp.mean(xp.astype(a, xp.float64)))
+        out[path] = 1.0 - float(xp.mean(xp.astype(a, xp.float64)))
     return out
 
 
@@ -137,7 +141,7 @@ def saturation_fractions(net, X, tol: float = 0.01, batch_size: int = 4096) -> d
             c = xp.sum(xp.astype(sat, xp.float64))
             counts[path] = c if path not in counts else counts[path] + c
             totals[path] = totals.get(path, 0) + math.prod(Y.shape)
-    return {p: B.to_float(c) / totals[p] if totals[p] else 0.0 for p, c in counts.items()}
+    return {p: float(c) / totals[p] if totals[p] else 0.0 for p, c in counts.items()}
 
 
 def _param_layers(net):
@@ -165,7 +169,7 @@ def gradient_norms(net, X, y, loss, *, train: bool = False, rng=None) -> dict:
     net.zero_grad()
     Z, backprop = net.forward(X, train=train, rng=rng)
     backprop(loss(Z, y)[1])
-    return {path: math.sqrt(B.to_float(_sq_norm(layer.grads[n] for n in sorted(layer.params))))
+    return {path: math.sqrt(float(_sq_norm(layer.grads[n] for n in sorted(layer.params))))
             for path, layer in _param_layers(net)}
 
 
@@ -230,9 +234,9 @@ class GradientFlowMonitor(Callback):
     def on_epoch_end(self, trainer, epoch, logs):
         if not self._n:
             return
-        grad = {p: B.to_float(v) / self._n for p, v in self._grad.items()}
+        grad = {p: float(v) / self._n for p, v in self._grad.items()}
         values = {f"grad_norm/{p}": v for p, v in grad.items()}
-        values.update({f"update_ratio/{p}": B.to_float(v) / self._n for p, v in self._update.items()})
+        values.update({f"update_ratio/{p}": float(v) / self._n for p, v in self._update.items()})
         _record(trainer, logs, values)
         if self.warn and grad:
             self._check(grad)
@@ -375,7 +379,7 @@ def format_diagnostics(history: dict) -> str:
     paths = sorted(rows, key=order)
     table = [["layer"] + metrics] + [[p] + [rows[p].get(m, "") for m in metrics] for p in paths]
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
              for r in table]
-    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(1, "-" * sum(widths + [2 * (len(widths) - 1)]))
     return f"diagnostics over {n_epochs} epoch(s) (first -> last)\n" + "\n".join(lines)

@@ -1,7 +1,8 @@
 """Saving and loading models without pickle.
 
 One file in the safetensors format: the tensors are the parameters and buffers (by stable path,
-``layers.0.W``), the optimizer's state (``optim/<path>/<name>/<slot>``); the header's metadata
+``layers.0.W``), the optimizer's state (``optim/<path>/<name>/<slot>``) and a fitted preprocessing transformer's statistics
+(``preprocessing/<name>``); the header's metadata
 holds ``xpdnn`` = JSON with the format version, the architecture, the optimizer's configuration
 and scalars, the Philox counter and the epoch.  Files are written to a temporary file in the
 same folder, fsynced, and renamed over the target, so a crash mid-save leaves the previous file.
@@ -20,6 +21,7 @@ from .layers.base import layer_from_config, layer_to_config
 
 FORMAT = "xpdnn/1"
 _OPT = "optim/"
+_PRE = "preprocessing/"
 
 
 def _host(a) -> np.ndarray:
@@ -32,6 +34,11 @@ def save(net, path, *, trainer=None, optimizer=None) -> None:
 
     tensors = {k: _host(v) for k, v in net.state_arrays().items()}
     meta = {"format": FORMAT, "architecture": layer_to_config(net)}
+    pre = getattr(net, "preprocessing", None)
+    if pre is not None:
+        pre_meta, pre_arrays = pre.get_state()
+        meta["preprocessing"] = pre_meta
+        tensors.update({_PRE + k: _host(v) for k, v in pre_arrays.items()})
     optimizer = optimizer or (trainer.optimizer if trainer is not None else None)
     if optimizer is not None:
         opt_meta, opt_arrays = optimizer.state_dict()
@@ -87,7 +94,14 @@ def load_checkpoint(path):
         net = layer_from_config(meta["architecture"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: the architecture in the file is invalid ({exc})") from exc
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPT)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith((_OPT, _PRE))}
+    if meta.get("preprocessing") is not None:
+        from .preprocessing import transformer_from_state
+        pre_arrays = {k[len(_PRE):]: v for k, v in tensors.items() if k.startswith(_PRE)}
+        try:
+            net.preprocessing = transformer_from_state(meta["preprocessing"], pre_arrays)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: the preprocessing in the file is invalid ({exc})") from exc
     opt_arrays = {k[len(_OPT):]: v for k, v in tensors.items() if k.startswith(_OPT)}
     for k, v in weights.items():
         if v.dtype.kind == "f" and not np.all(np.isfinite(v)):

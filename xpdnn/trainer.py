@@ -112,13 +112,15 @@ class Trainer:
             raise ValueError(f"X{what} is empty: no samples to train on")
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"X{what} has {X.shape[0]} samples but y{what} has {y.shape[0]}")
-        n_in = self.net.n_in
+        n_in = self.net.n_features
         if n_in is not None and X.shape[1] != n_in:
-            raise ValueError(f"X{what} has {X.shape[1]} features but the first layer expects {n_in}")
+            raise ValueError(f"X{what} has {X.shape[1]} features but the model expects {n_in}")
         B.check_finite(X, f"X{what}")
-        y = self.loss.check_targets(y, self.net.output_size(X.shape[1]))
+        y = self.loss.check_targets(y, self.net.output_size(self.net.n_in))
         xp = B.namespace(X)
         X = xp.astype(X, B.resolve_dtype(xp, self.net.dtype), copy=False)
+        if self.net.preprocessing is not None:
+            X = xp.astype(self.net.preprocessing.transform(X), B.resolve_dtype(xp, self.net.dtype), copy=False)
         return X, y
 
     def _place(self, X, y):
@@ -152,11 +154,11 @@ class Trainer:
             logs = self._run_epoch(X, y, epoch)
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
-            for k, v in logs.items():
-                self.history.setdefault(k, []).append(v)
             self.epoch = epoch + 1
             for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)
+                cb.on_epoch_end(self, epoch, logs)    # callbacks may add keys to logs
+            for k, v in logs.items():
+                self.history.setdefault(k, []).append(v)
             if self.progress:
                 print(self._format_logs(epoch, logs), flush=True)
             if self.stop_training:

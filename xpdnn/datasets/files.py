@@ -119,7 +119,8 @@ def load_mnist_dir(directory, kind: str = "train", **kwargs):
         cands = [directory / (n + ext) for n in names for ext in ("", ".gz")]
         hit = next((c for c in cands if c.is_file()), None)
         if hit is None:
-            raise FileNotFoundError(f"{directory}: no {kind} {what} file (looked for {', '.join(c.name for c in cands)})")
+            looked = ", ".join(c.name for c in cands)
+            raise FileNotFoundError(f"{directory}: no {kind} {what} file (looked for {looked})")
         found.append(hit)
     return load_mnist(*found, **kwargs)
 

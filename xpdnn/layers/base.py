@@ -45,7 +45,8 @@ class Layer:
         raise NotImplementedError
 
     def __call__(self, X):
-        """Evaluation-mode output for ``X``."""
+        """Evaluation-mode output for ``X`` (the parameters move next to ``X`` if needed)."""
+        self.ensure_like(X)
         return self.forward(X, train=False)[0]
 
     def get_config(self) -> dict:

@@ -30,6 +30,15 @@ class Sequential(Layer):
             raise ValueError("layers with different dtypes; call .astype() on the Sequential")
         self.layers = list(layers)
         self.fresh = True   # never initialized from a seed, trained or loaded
+        # a fitted xpdnn.preprocessing transformer applied to raw inputs by fit/predict (saved with the model)
+        self.preprocessing = None
+
+    @property
+    def n_features(self):
+        """Features of the raw input: the preprocessing's if there is one, else the first layer's."""
+        if self.preprocessing is not None:
+            return self.preprocessing.n_features
+        return self.n_in
 
     def sublayers(self):
         return [(f"layers.{i}", layer) for i, layer in enumerate(self.layers)]
@@ -102,12 +111,14 @@ class Sequential(Layer):
         B.check_floating(X, what)
         if X.ndim != 2:
             raise ValueError(f"{what} must be 2-D (samples, features), got shape {tuple(X.shape)}")
-        n_in = self.n_in
+        n_in = self.n_features
         if n_in is not None and X.shape[1] != n_in:
-            raise ValueError(f"{what} has {X.shape[1]} features but the first layer expects {n_in}")
+            raise ValueError(f"{what} has {X.shape[1]} features but the model expects {n_in}")
         B.check_finite(X, what)
         self.ensure_like(X)
         xp = B.namespace(X)
+        if self.preprocessing is not None:
+            X = self.preprocessing.transform(X)
         return xp.astype(X, B.resolve_dtype(xp, self.dtype), copy=False)
 
     def predict_proba(self, X, batch_size: int = 4096):

@@ -117,11 +117,11 @@ class BinaryCrossEntropy(Loss):
         if self.reduction == "none":
             return L, G
         if self.reduction == "sum":
-            return xp.sum(L), G
+            return xp.asarray(xp.sum(L)), G
         n = X.shape[0] * X.shape[1]
         if n == 0:
-            return xp.sum(L), G
-        return xp.sum(L) / n, G / n
+            return xp.asarray(xp.sum(L)), G
+        return xp.asarray(xp.sum(L) / n), G / n
 
 
 class MultiLabelLogistic(Loss):
@@ -169,5 +169,5 @@ class MultiLabelLogistic(Loss):
         if self.reduction == "none":
             return rows, G
         if self.reduction == "sum" or N == 0:
-            return xp.sum(rows), G
-        return xp.sum(rows) / N, G / N
+            return xp.asarray(xp.sum(rows)), G
+        return xp.asarray(xp.sum(rows) / N), G / N

@@ -172,10 +172,11 @@ class SoftmaxCrossEntropy(Loss):
             return losses, G
         total = xp.sum(losses)
         if self.reduction == "sum":
-            return total, G
+            return xp.asarray(total), G
         ok = den > 0
         scale = xp.where(ok, 1.0 / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(den))
-        return total * scale, G * scale
+        # NumPy reductions give scalars; the protocol promises a 0-d array
+        return xp.asarray(total * scale), G * scale
 
     def _labels(self, xp, Z, y):
         N, C = Z.shape

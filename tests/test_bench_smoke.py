@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark harness (xpdnn.bench) on miniature workloads: structure of the
+report, consistency of the numbers it derives, and that the peers do the same work.  No timing
+assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from xpdnn import bench
+
+TINY = ["--scale", "0.005", "--repeat", "2", "--warmup", "0", "--quiet", "--threads", "1"]
+PEER_OF = {"numpy": "xpdnn-numpy", "torch": "xpdnn-torch", "array_api_strict": "xpdnn-array_api_strict",
+           "cupy": "xpdnn-cupy"}
+
+
+def test_report_structure(backend, tmp_path, capsys):
+    peer = PEER_OF[backend.name]
+    path = tmp_path / "report.json"
+    argv = TINY + ["--only", "W1,W2,W3", "--peers", peer, "--no-memory", "--json", str(path)]
+    assert bench.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "GEMM roofline" in printed and peer in printed
+
+    report = json.loads(path.read_text())
+    assert {"schema", "date", "config", "machine", "versions", "roofline", "results", "ratios", "skipped",
+            "errors"} <= set(report)
+    assert report["errors"] == []
+    assert report["config"]["threads"] == 1 and report["config"]["scale"] == 0.005
+    machine = report["machine"]
+    assert isinstance(machine["cpu"], str) and machine["cpu"]
+    assert machine["cores"] >= 1 and machine["usable_cores"] >= 1
+    assert "numpy" in report["versions"] and "xpdnn" in report["versions"]
+
+    roof = [r for r in report["roofline"] if r["batch"] == 128 and r["sizes"] == [784, 512, 512, 10]]
+    assert len(roof) == 1
+    flops = 2 * 3 * 128 * (784 * 512 + 512 * 512 + 512 * 10)
+    for lib in roof[0]["per_lib"]:
+        assert lib["flop_per_step"] == flops
+        assert lib["gflops"] == pytest.approx(flops / lib["min_s"] / 1e9)
+        assert lib["samples_per_s"] == pytest.approx(128 / lib["min_s"])
+        assert lib["min_s"] <= lib["median_s"]
+
+    got = {(r["workload"], r["variant"]) for r in report["results"]}
+    assert ("W1", "no-dropout") in got and ("W1", "dropout") in got
+    assert {w for w, _ in got} == {"W1", "W2", "W3"}
+    for r in report["results"]:
+        assert r["peer"] == peer
+        assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
+        assert r["min_s"] == min(r["times_s"]) and r["min_s"] <= r["median_s"]
+        assert r["rate_median"] == pytest.approx(r["work"] / r["median_s"])
+        assert r["rate_best"] >= r["rate_median"]
+        if r["workload"] == "W1":
+            assert r["work"] == r["params"]["n_samples"] == 256
+            best = roof[0]["best"][r["device"]]["samples_per_s"]
+            assert r["roofline_fraction"] == pytest.approx(r["rate_median"] / best)
+            # ten balanced-ish classes: one epoch's mean loss starts near ln(10)
+            assert 0.5 < r["first_epoch_loss"] < 5.0
+    w2 = next(r for r in report["results"] if r["workload"] == "W2")
+    assert w2["work"] == w2["params"]["N"] * 32768
+    w3 = next(r for r in report["results"] if r["workload"] == "W3")
+    assert w3["work"] == math.prod(w3["params"]["shape"]) >= 2**24 * 0.005
+
+
+def test_ratios_against_torch():
+    pytest.importorskip("torch")
+    report = bench.run(bench.Config(scale=0.005, repeat=1, warmup=0, threads=1, only=("W3",),
+                                    peers=("xpdnn-numpy", "torch"), memory=False, gpu=False), quiet=True)
+    assert report["errors"] == []
+    recs = {r["peer"]: r for r in report["results"]}
+    key = next(k for k in report["ratios"] if k.startswith("W3") and "xpdnn-numpy / torch speed" in k)
+    assert report["ratios"][key] == pytest.approx(recs["xpdnn-numpy"]["rate_median"] / recs["torch"]["rate_median"])
+    assert "vs torch" in bench.format_report(report)
+
+
+def test_torch_and_sklearn_peers_train_the_same_network():
+    """Same initial weights, shuffling and SGD: xpdnn and the PyTorch hand loop reach the same
+    first-epoch loss (float32 rounding apart); sklearn trains a network of the same shape."""
+    pytest.importorskip("torch")
+    X, y = bench.mnist_like(512, seed=3)
+    sizes, losses = (784, 32, 32, 10), {}
+    for name in ("xpdnn-numpy", "torch"):
+        runner = bench.mlp_runner(bench.PEERS[name], sizes, 0.0, 64, seed=3)
+        losses[name] = runner.epoch(*runner.place(X, y))
+    assert losses["xpdnn-numpy"] == pytest.approx(losses["torch"], rel=1e-4)
+    pytest.importorskip("sklearn")
+    sk = bench.mlp_runner(bench.PEERS["sklearn"], sizes, 0.0, 64, seed=3)
+    sk.epoch(X, y)
+    assert [w.shape for w in sk.clf.coefs_] == [(784, 32), (32, 32), (32, 10)]
+    assert sk.clf.coefs_[0].dtype == np.float32
+    with pytest.raises(ValueError, match="no dropout"):
+        bench.mlp_runner(bench.PEERS["sklearn"], sizes, 0.2, 64)
+
+
+def test_gemm_step_shapes():
+    shapes = bench.gemm_step_shapes(16, (8, 4, 2))
+    # per layer: X@W.T (N,n_in)x(n_in,n_out), dY.T@X (n_out,N)x(N,n_in), dY@W (N,n_out)x(n_out,n_in)
+    assert shapes == [(16, 8, 4), (4, 16, 8), (16, 4, 8), (16, 4, 2), (2, 16, 4), (16, 2, 4)]
+
+
+def test_peak_memory_subprocess():
+    cfg = bench.Config(scale=0.005)
+    mem = bench.peak_memory(bench.PEERS["xpdnn-numpy"], "no-dropout", cfg, threads=1)
+    assert 0 < mem["setup_rss_mb"] <= mem["peak_rss_mb"]
+    assert mem["train_rss_mb"] == pytest.approx(mem["peak_rss_mb"] - mem["setup_rss_mb"])
+
+
+def test_bad_arguments_are_rejected(capsys):
+    assert bench.main(["--only", "W9"]) == 2
+    assert "unknown workload 'W9'" in capsys.readouterr().err
+    assert bench.main(["--peers", "tensorflow"]) == 2
+    assert "unknown peer 'tensorflow'" in capsys.readouterr().err
+    assert bench.main(["--scale", "0"]) == 2
+    assert "--scale must be positive" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_so(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib raises ImportError
+    report = {"results": [], "machine": {}, "config": {}}
+    assert bench.plot(report, str(tmp_path / "chart.png")) is False
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "chart.png").exists()
