@@ -329,3 +329,13 @@ def test_preprocessing_travels_with_the_model(tmp_path, backend, rng):
     Z = pre.transform(X).astype(np.float32)
     np.testing.assert_allclose(net2.layers[2](net2.layers[1](net2.layers[0](Z))),
                                net2.forward(Z)[0], rtol=1e-6)
+
+
+def test_probability_targets_train_and_report_accuracy(backend, rng):
+    X, y = _blobs(rng)
+    T = np.eye(3)[y] * 0.9 + 0.1 / 3
+    hist = _trainer(_net(), epochs=3).fit(backend.asarray(X), backend.asarray(T),
+                                          validation=(backend.asarray(X), backend.asarray(T)))
+    ref = _trainer(_net(), epochs=3).fit(X, y)
+    assert 0.0 <= hist["accuracy"][-1] <= 1.0 and hist["val_accuracy"][-1] > 0.8
+    assert abs(hist["accuracy"][-1] - ref["accuracy"][-1]) < 0.1

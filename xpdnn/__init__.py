@@ -4,8 +4,9 @@ from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Drop
                      BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise,
                      LeakyReLU, PReLU, RReLU, ELU, Softplus, GELU, SiLU, Maxout)
 from .perceptron import Perceptron
-from .losses import (Loss, SoftmaxCrossEntropy, MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber,
-                     HuberLoss, MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge, HierarchicalSoftmax)
+from .losses import (Loss, SoftmaxCrossEntropy, BinaryCrossEntropy, MultiLabelLogistic, MSE, MeanSquaredError,
+                     MAE, MeanAbsoluteError, L1Loss, Huber, HuberLoss, MulticlassHinge, SquaredMulticlassHinge,
+                     MultilabelHinge, HierarchicalSoftmax)
 from .optim import (Optimizer, SGD, Adagrad, RMSProp, Adam, AdamW, StepDecay, ExponentialDecay,
                     InverseTimeDecay, CosineWarmup, ReduceLROnPlateau)
 from .regularizers import L1, L2, ElasticNet, MaxNorm, ClipGradNorm, ClipGradValue

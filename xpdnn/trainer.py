@@ -231,7 +231,7 @@ class Trainer:
             n = Xb.shape[0]
             total = total + loss * n
             if loss_fn.classification:
-                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == yb, xp.int64))
+                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == (xp.argmax(yb, axis=1) if yb.ndim == 2 else yb), xp.int64))
             for cb in self.callbacks:
                 cb.on_batch_end(self, step, {"loss": loss, "size": n})
             if bar is not None:
@@ -289,7 +289,7 @@ class Trainer:
             loss = self.loss(Z, yb)[0]
             total += float(loss) * Xb.shape[0]
             if self.loss.classification:
-                correct += int(xp.sum(xp.astype(xp.argmax(Z, axis=1) == yb, xp.int64)))
+                correct += int(xp.sum(xp.astype(xp.argmax(Z, axis=1) == (xp.argmax(yb, axis=1) if yb.ndim == 2 else yb), xp.int64)))
         out = {"loss": total / N}
         if self.loss.classification:
             out["accuracy"] = correct / N

@@ -419,7 +419,7 @@ __device__ __forceinline__ void xent_block(const T* Z, i64 ldz, T* G, i64 ldg, c
             x[j] = grad_value<A>(r, acc_exp(x[j] - m) * inv_s, T_sum, q * V + j, w, has_w, smooth);
         store16<T, A>(g + q * V, x);
     }
-    for (i64 col = tail0 + tid; col <= C; col += XENT_BLOCK) {
+    for (i64 col = tail0 + tid; col < C; col += XENT_BLOCK) {
         const A p = acc_exp(Conv<T>::load(z[col]) - m) * inv_s;
         g[col] = Conv<T>::store(grad_value<A>(r, p, T_sum, col, w, has_w, smooth));
     }

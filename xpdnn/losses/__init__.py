@@ -3,3 +3,4 @@ from .cross_entropy import SoftmaxCrossEntropy, log_softmax
 from .regression import MSE, MeanSquaredError, MAE, MeanAbsoluteError, L1Loss, Huber, HuberLoss
 from .hinge import MulticlassHinge, SquaredMulticlassHinge, MultilabelHinge
 from .hierarchical import HierarchicalSoftmax
+from .binary import BinaryCrossEntropy, MultiLabelLogistic

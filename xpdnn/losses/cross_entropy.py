@@ -155,7 +155,7 @@ class SoftmaxCrossEntropy(Loss):
                              f"the logits' shape {tuple(Z.shape)}")
         if not soft and targets.shape[0] != Z.shape[0]:
             raise ValueError(f"{Z.shape[0]} rows of logits but {targets.shape[0]} labels")
-        if self.fused and not soft and B.is_cupy(Z):
+        if self.fused and not soft and B.is_cupy(Z) and xp.isdtype(targets.dtype, "integral"):
             from ..kernels.softmax_xent import fused_available, softmax_xent
             if fused_available(Z):
                 acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
