@@ -90,7 +90,7 @@ def from_numpy(a: np.ndarray, like):
     xp = array_namespace(like)
     a = np.ascontiguousarray(a)
     if isinstance(like, np.ndarray):
-        return a
+        return a if a.flags.writeable else a.copy()
     if is_cupy(like):
         import cupy
 

@@ -25,3 +25,10 @@ def relu_backward_(dY, Y):
     """``dY * (Y > 0)`` written into ``dY``."""
     np.multiply(dY, Y > 0, out=dY)
     return dY
+
+
+def axpy_(a, X, Y, scratch):
+    """``Y += a * X`` in place, through a reusable ``scratch`` buffer."""
+    np.multiply(X, a, out=scratch)
+    Y += scratch
+    return Y

@@ -32,6 +32,14 @@ class Optimizer:
                                                  decay=name in layer.decay)
         self.steps += 1
 
+    def _scratch(self, key, like):
+        """A reusable work buffer shaped like ``like`` (never saved)."""
+        scratch = self.__dict__.setdefault("_scratch_buffers", {})
+        buf = scratch.get(key)
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = scratch[key] = B.namespace(like).empty_like(like)
+        return buf
+
     def update(self, key, W, dW, *, decay: bool):
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..kernels import cpu
 from .base import Optimizer
 
 
@@ -40,9 +41,13 @@ class SGD(Optimizer):
             v = slots.get("velocity")
             if v is None:
                 v = g * 1.0          # a fresh array, never an alias of the gradient buffer
-            else:
-                v = self.momentum * v + (1.0 - self.dampening) * g
-            slots["velocity"] = v
+                slots["velocity"] = v
+            else:                    # in place: v = momentum * v + (1 - dampening) * g
+                v *= self.momentum
+                v += (1.0 - self.dampening) * g if self.dampening else g
             g = g + self.momentum * v if self.nesterov else v
-        W -= self.lr * g
+        if cpu.handles(W, g):
+            cpu.axpy_(-self.lr, g, W, self._scratch(key, W))
+        else:
+            W -= self.lr * g
         return W
