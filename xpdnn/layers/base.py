@@ -142,6 +142,17 @@ class Layer:
             layer._reset_grads()
 
     # -- placement ---------------------------------------------------------------
+    def set_parameters(self, **host_arrays) -> None:
+        """Install freshly drawn host arrays as parameters, cast to the layer's dtype and put
+        where the previous parameters lived (library and device); gradients restart at zero."""
+        like = next(iter(self.params.values()), None)
+        for name, a in host_arrays.items():
+            self.params[name] = np.asarray(a, dtype=self.dtype)
+        if like is not None and not isinstance(like, np.ndarray):
+            self.to(like=like)
+        else:
+            self._reset_grads()
+
     def _reset_grads(self):
         for name, p in self.params.items():
             self.grads[name] = B.namespace(p).zeros_like(p)

@@ -38,14 +38,10 @@ class Linear(Layer):
 
     def reset_parameters(self, rng) -> None:
         W = initializers.get(self.init)(rng, self._n_in, self.n_out)
-        like = self.params.get("W")
-        self.params["W"] = np.asarray(W, dtype=self.dtype)
         if self.use_bias:
-            self.params["b"] = np.full((self.n_out,), self.bias, dtype=self.dtype)
-        if like is not None:
-            self.to(like=like)
+            self.set_parameters(W=W, b=np.full((self.n_out,), self.bias))
         else:
-            self._reset_grads()
+            self.set_parameters(W=W)
 
     def output_size(self, n_in):
         return self.n_out

@@ -40,13 +40,7 @@ class Maxout(Layer):
     def reset_parameters(self, rng) -> None:
         draw = initializers.get(self.init)
         W = np.stack([draw(rng, self._n_in, self.n_out) for _ in range(self.pieces)])
-        like = self.params.get("W")
-        self.params["W"] = np.asarray(W, dtype=self.dtype)
-        self.params["b"] = np.full((self.pieces, self.n_out), self.bias, dtype=self.dtype)
-        if like is not None:
-            self.to(like=like)
-        else:
-            self._reset_grads()
+        self.set_parameters(W=W, b=np.full((self.pieces, self.n_out), self.bias))
 
     def output_size(self, n_in):
         return self.n_out

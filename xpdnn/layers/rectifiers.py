@@ -84,12 +84,7 @@ class PReLU(Layer):
 
     def reset_parameters(self, rng=None) -> None:
         """Set every slope back to ``init`` (``rng`` is accepted for the common signature)."""
-        like = self.params.get("alpha")
-        self.params["alpha"] = np.full((self.n_units or 1,), self.init, dtype=self.dtype)
-        if like is not None:
-            self.to(like=like)
-        else:
-            self._reset_grads()
+        self.set_parameters(alpha=np.full((self.n_units or 1,), self.init))
 
     def get_config(self):
         return {"n_units": self.n_units, "init": self.init, "dtype": self.dtype}

@@ -35,12 +35,6 @@ class _Dense(Layer):
     def _draw(self, rng):
         return initializers.get(self.init)(rng, self._n_in, self.n_out)
 
-    def _place(self, like):
-        if like is not None:
-            self.to(like=like)
-        else:
-            self._reset_grads()
-
     def _config(self):
         return {"n_in": self._n_in, "n_out": self.n_out, "init": self.init if isinstance(self.init, str) else "he",
                 "seed": self.seed}
@@ -81,11 +75,7 @@ class WeightNormLinear(_Dense):
 
     def reset_parameters(self, rng) -> None:
         v = self._draw(rng)
-        like = self.params.get("v")
-        self.params["v"] = np.asarray(v, dtype=self.dtype)
-        self.params["g"] = np.asarray(np.sqrt(np.sum(v * v, axis=1)), dtype=self.dtype)
-        self.params["b"] = np.full((self.n_out,), self.bias, dtype=self.dtype)
-        self._place(like)
+        self.set_parameters(v=v, g=np.sqrt(np.sum(v * v, axis=1)), b=np.full((self.n_out,), self.bias))
 
     def get_config(self):
         return {**self._config(), "bias": self.bias, "dtype": self.dtype}
@@ -127,9 +117,7 @@ class CosineLinear(_Dense):
         self.reset_parameters(np.random.default_rng(self.seed))
 
     def reset_parameters(self, rng) -> None:
-        like = self.params.get("W")
-        self.params["W"] = np.asarray(self._draw(rng), dtype=self.dtype)
-        self._place(like)
+        self.set_parameters(W=self._draw(rng))
 
     def get_config(self):
         return {**self._config(), "eps": self.eps, "dtype": self.dtype}

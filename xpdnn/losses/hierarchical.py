@@ -191,17 +191,11 @@ class HierarchicalSoftmax(Layer):
         return self._n_in
 
     def reset_parameters(self, rng) -> None:
-        like = self.params.get("W")
-        if self.init == "zeros":
+        if self.init == "zeros":     # no symmetry to break here: every node sees its own targets
             W = np.zeros((self.n_nodes, self._n_in))
         else:
             W = initializers.get(self.init)(rng, self._n_in, self.n_nodes)
-        self.params["W"] = np.asarray(W, dtype=self.dtype)
-        self.params["b"] = np.zeros((self.n_nodes,), dtype=self.dtype)
-        if like is not None:
-            self.to(like=like)
-        else:
-            self._reset_grads()
+        self.set_parameters(W=W, b=np.zeros((self.n_nodes,)))
 
     def output_size(self, n_in):
         return self.n_classes
