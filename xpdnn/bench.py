@@ -582,6 +582,26 @@ def peak_rss_mb() -> float:
     return r / 2**20 if sys.platform == "darwin" else r / 1024   # bytes on macOS, KiB on Linux
 
 
+def _rss_now_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _child_memory(spec: str, scale: float, threads: int, seed: int) -> dict:
     """Body of ``--child-memory W1:<variant>:<peer>``: one W1 epoch, then the peak RSS."""
     _, variant, name = spec.split(":", 2)
@@ -594,9 +614,15 @@ def _child_memory(spec: str, scale: float, threads: int, seed: int) -> dict:
     runner = mlp_runner(peer, W1_SIZES, dropout, W1_BATCH, seed)
     X, y = runner.place(X, y)
     setup = peak_rss_mb()
+    before = _rss_now_mb()
+    reset = _reset_peak_rss()
     runner.epoch(X, y)
     synchronizer(peer.lib, peer.device)()
-    out = {"setup_rss_mb": setup, "peak_rss_mb": peak_rss_mb()}
+    epoch_peak = peak_rss_mb()
+    out = {"setup_rss_mb": setup, "peak_rss_mb": max(setup, epoch_peak), "rss_before_epoch_mb": before}
+    if reset:   # the high-water mark was reset before the epoch: the epoch's own peak is known
+        out["epoch_peak_rss_mb"] = epoch_peak
+        out["train_rss_mb"] = epoch_peak - before
     if peer.device == "cuda" and peer.lib == "torch":
         import torch
 
@@ -610,8 +636,10 @@ def _child_memory(spec: str, scale: float, threads: int, seed: int) -> dict:
 
 def peak_memory(peer: Peer, variant: str, cfg: Config, threads: int) -> dict:
     """Run one W1 epoch of ``peer`` in a fresh interpreter and return its peak RSS (MiB):
-    ``peak_rss_mb`` after the epoch, ``setup_rss_mb`` before it (imports + data), and their
-    difference ``train_rss_mb``."""
+    ``peak_rss_mb`` over the whole process, ``setup_rss_mb`` the peak before the epoch (imports,
+    data, model) and ``train_rss_mb`` how far the epoch rose above the resident size it started
+    from (on Linux the high-water mark is reset before the epoch; elsewhere it is
+    ``peak - setup``, which is 0 when setup's transient peak was higher)."""
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -623,7 +651,7 @@ def peak_memory(peer: Peer, variant: str, cfg: Config, threads: int) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"memory subprocess failed: {proc.stderr.strip()[-500:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["train_rss_mb"] = out["peak_rss_mb"] - out["setup_rss_mb"]
+    out.setdefault("train_rss_mb", out["peak_rss_mb"] - out["setup_rss_mb"])
     return out
 
 

@@ -179,6 +179,14 @@ def main(argv=None) -> int:
     i = sub.add_parser("info", help="list usable backends, versions and the BLAS NumPy uses")
     i.set_defaults(func=cmd_info)
 
+    b = sub.add_parser("bench", add_help=False,
+                       help="benchmark backends against PyTorch and scikit-learn (xpdnn bench --help)")
+    b.set_defaults(func=None)
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        from .bench import main as bench_main
+        return bench_main(argv[1:])
     args = p.parse_args(argv)
     try:
         return args.func(args)

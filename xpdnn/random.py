@@ -26,6 +26,7 @@ every block is addressed by its own counter), and ``xpdnn/kernels/philox.cuh`` (
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -117,6 +118,7 @@ _PARALLEL_MIN = 1 << 20        # elements; smaller masks are filled on the calli
 _pool = None                   # (pid, executor): a forked child makes its own threads
 
 
+@functools.lru_cache(maxsize=None)
 def _threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 

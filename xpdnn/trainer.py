@@ -193,7 +193,8 @@ class Trainer:
             net.zero_grad()
             if loss_has_params:
                 loss_fn.zero_grad()
-            Z, backprop = net.forward(Xb, train=True, rng=self.rng)
+            Z, backprop = (net.forward(Xb, train=True, rng=self.rng, input_grad=False)
+                           if isinstance(net, Sequential) else net.forward(Xb, train=True, rng=self.rng))
             loss, dZ = loss_fn(Z, yb)
             if check_every == 1:
                 if not bool(xp.isfinite(loss)):

@@ -50,9 +50,10 @@ class Linear(Layer):
         return {"n_in": self._n_in, "n_out": self.n_out, "init": self.init if isinstance(self.init, str) else "he",
                 "bias": self.bias, "use_bias": self.use_bias, "seed": self.seed, "dtype": self.dtype}
 
-    def forward(self, X, *, train=False, rng=None, fuse_relu=False, own_dY=False):
+    def forward(self, X, *, train=False, rng=None, fuse_relu=False, own_dY=False, input_grad=True):
         """``fuse_relu`` applies ReLU to the output in place (what ``Sequential`` does for a
-        Linear followed by a ReLU); ``own_dY`` lets that ReLU's backward overwrite ``dY``."""
+        Linear followed by a ReLU); ``own_dY`` lets that ReLU's backward overwrite ``dY``;
+        ``input_grad=False`` skips ``dX = dY @ W`` (backprop returns None), for a first layer."""
         W = self.params["W"]
         if X.ndim != 2 or X.shape[1] != self._n_in:
             raise ValueError(f"Linear expects input of shape (N, {self._n_in}), got {tuple(X.shape)}")
@@ -74,6 +75,6 @@ class Linear(Layer):
                 self.add_grad("W", dY.T @ X)
             if self.use_bias:
                 self.add_grad("b", xp.sum(dY, axis=0))
-            return dY @ W
+            return dY @ W if input_grad else None
 
         return Y, backprop

@@ -70,24 +70,27 @@ class Sequential(Layer):
         self.fresh = False
         return self
 
-    def forward(self, X, *, train=False, rng=None):
+    def forward(self, X, *, train=False, rng=None, input_grad=True):
+        """``input_grad=False`` (what the trainer passes) lets a first Linear layer skip the
+        input gradient nobody reads; backprop then returns None."""
         backprops = []
         layers, i, last = self.layers, 0, len(self.layers) - 1
         while i <= last:
             layer = layers[i]
+            skip_dX = {"input_grad": False} if i == 0 and not input_grad and type(layer) is Linear else {}
             if type(layer) is Linear and i < last and type(layers[i + 1]) is ReLU:
                 # Linear + ReLU in one pass; the ReLU's backward may overwrite a dY that an
                 # inner layer produced (never the caller's, which reaches only the last layer)
-                X, bp = layer.forward(X, train=train, rng=rng, fuse_relu=True, own_dY=i + 1 < last)
+                X, bp = layer.forward(X, train=train, rng=rng, fuse_relu=True, own_dY=i + 1 < last, **skip_dX)
                 i += 2
             else:
-                X, bp = layer.forward(X, train=train, rng=rng)
+                X, bp = layer.forward(X, train=train, rng=rng, **skip_dX)
                 i += 1
             backprops.append(bp)
 
         def backprop(dY):
             for bp in reversed(backprops):
-                dY = bp(dY)
+                dY = bp(dY)   # None only after a first layer told to skip its input gradient
             self.settle_grads()
             return dY
 
