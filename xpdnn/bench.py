@@ -20,7 +20,7 @@ on the CPU), ``sklearn`` (MLPClassifier, W1 without dropout only), and on a CUDA
 
 Every run records the machine and library versions and measures the machine's GEMM roofline at
 W1's shapes: the float32 matmuls of one training step (per Linear layer ``X @ W.T``,
-``dY.T @ X`` and ``dY @ W``), so each W1/S result is also a fraction of
+``dY.T @ X`` and, past the first layer, ``dY @ W``), so each W1/S result is also a fraction of
 ``roofline samples/s = batch / (time of those GEMMs)``.  Peak resident memory for W1 comes from
 one subprocess per peer (its peak RSS after one epoch, see :func:`peak_rss_mb`).
 
@@ -331,10 +331,12 @@ def _loops_for(fn, sync, target_s: float = 0.05) -> int:
 
 def gemm_step_shapes(batch: int, sizes) -> list:
     """The (m, k, n) of every float32 matmul one training step performs on an MLP with layer
-    ``sizes``: per Linear layer X@W.T, dY.T@X and dY@W."""
+    ``sizes``: per Linear layer X@W.T, dY.T@X and (past the first layer) dY@W."""
     shapes = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        shapes += [(batch, n_in, n_out), (n_out, batch, n_in), (batch, n_out, n_in)]
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes += [(batch, n_in, n_out), (n_out, batch, n_in)]
+        if i:   # no step needs the input gradient of the first layer (xpdnn and torch skip it)
+            shapes.append((batch, n_out, n_in))
     return shapes
 
 
@@ -353,10 +355,11 @@ def gemm_roofline(batch: int, sizes, lib: str = "numpy", device: str = "cpu", *,
         mats.append((X, W, dY))
 
     def step():
-        for X, W, dY in mats:
+        for i, (X, W, dY) in enumerate(mats):
             X @ W.T
             dY.T @ X
-            dY @ W
+            if i:
+                dY @ W
 
     sync = synchronizer(lib, device)
     step()

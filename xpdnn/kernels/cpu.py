@@ -4,6 +4,10 @@ chosen only when every argument is a NumPy array."""
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 
@@ -32,3 +36,95 @@ def axpy_(a, X, Y, scratch):
     np.multiply(X, a, out=scratch)
     Y += scratch
     return Y
+
+
+_POOL = None
+
+
+def _pool():
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="xpdnn-cpu"))
+    return _POOL[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _xent_rows(Z, y, G, losses, lo, hi, chunk):
+    """Rows lo..hi of the fused softmax cross-entropy, ``chunk`` rows at a time so each chunk's
+    passes (max, subtract, exp, sum) run on cached data."""
+    for a in range(lo, hi, chunk):
+        b = min(a + chunk, hi)
+        g = G[a:b]
+        np.subtract(Z[a:b], Z[a:b].max(axis=1, keepdims=True), out=g)
+        picked = g[np.arange(b - a), y[a:b]]
+        np.exp(g, out=g)
+        s = g.sum(axis=1, keepdims=True)
+        losses[a:b] = np.log(s[:, 0]) - picked
+        np.divide(g, s, out=g)
+
+
+def softmax_xent(Z, y, *, ignore_index=None, reduction="mean"):
+    """Softmax cross-entropy on integer labels, loss and gradient in one pass over row chunks
+    (threads over row blocks).  Same semantics as the portable ``SoftmaxCrossEntropy`` without
+    class weights or smoothing: returns (loss, dZ), loss 0-d (or (N,) for ``reduction="none"``),
+    dZ = (softmax(Z) - onehot(y)) * scale, with ignored rows contributing nothing."""
+    N, C = Z.shape
+    y = y.astype(np.int64, copy=False)
+    valid = None if ignore_index is None else y != ignore_index
+    y_safe = y if valid is None else np.where(valid, y, 0)
+    G = np.empty_like(Z)
+    losses = np.empty(N, dtype=Z.dtype)
+    chunk = max(1, (1 << 16) // max(C, 1))               # about 256 KiB of float32 per chunk
+    workers = _threads() if N * C >= (1 << 18) else 1
+    if workers == 1:
+        _xent_rows(Z, y_safe, G, losses, 0, N, chunk)
+    else:
+        step = -(-N // workers)
+        jobs = [_pool().submit(_xent_rows, Z, y_safe, G, losses, lo, min(lo + step, N), chunk)
+                for lo in range(0, N, step)]
+        for job in jobs:
+            job.result()
+    G[np.arange(N), y_safe] -= 1
+    if valid is not None:
+        losses *= valid
+        G *= valid[:, None]
+    if reduction == "none":
+        return losses, G
+    total = losses.sum(dtype=Z.dtype)
+    if reduction == "sum":
+        return np.asarray(total), G
+    den = N if valid is None else int(valid.sum())
+    scale = Z.dtype.type(1.0 / den) if den else Z.dtype.type(0.0)
+    G *= scale
+    return np.asarray(total * scale), G
+
+
+_BLOCK = 1 << 16      # elements per cache-sized block of an elementwise update
+
+
+def _momentum_blocks(W, g, v, s, lr, mu, lo, hi):
+    for a in range(lo, hi, _BLOCK):
+        b = min(a + _BLOCK, hi)
+        vb, sb = v[a:b], s[a:b]
+        vb *= mu
+        vb += g[a:b]
+        np.multiply(vb, lr, out=sb)
+        W[a:b] -= sb
+
+
+def momentum_step_(W, g, v, lr, mu, scratch):
+    """``v = mu * v + g; W -= lr * v`` in place, blockwise so the four passes run in cache.
+    Same operations, in the same order per element, as the portable update.  (Threads do not
+    help here: they fight the BLAS threads that just ran the GEMMs.)"""
+    flat = [a.reshape(-1) for a in (W, g, v, scratch)]
+    n = flat[0].shape[0]
+    lr, mu = W.dtype.type(lr), W.dtype.type(mu)
+    _momentum_blocks(*flat, lr, mu, 0, n)
+    return W

@@ -2,7 +2,9 @@
 
 The portable code below is the reference.  On a CuPy array with integer labels,
 :class:`SoftmaxCrossEntropy` runs the fused CUDA kernel of :mod:`xpdnn.kernels.softmax_xent`
-instead (same options, same numbers up to rounding); ``fused=False`` keeps the portable path.
+instead (same options, same numbers up to rounding), and NumPy logits with integer labels and
+no class weights or smoothing take the one-pass fast path of :func:`xpdnn.kernels.cpu.softmax_xent`;
+``fused=False`` keeps the portable path.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
+from ..kernels import cpu
 from .base import Loss, check_labels
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -164,6 +167,9 @@ class SoftmaxCrossEntropy(Loss):
                                     reduction=self.reduction, inplace=self.inplace)
         if soft:
             return self._soft(xp, Z, targets)
+        if (self.fused and cpu.handles(Z, targets) and self.weight is None and self.label_smoothing == 0
+                and targets.dtype.kind in "iu"):
+            return cpu.softmax_xent(Z, targets, ignore_index=self.ignore_index, reduction=self.reduction)
         return self._labels(xp, Z, targets)
 
     def _reduce(self, xp, Z, losses, G, den):

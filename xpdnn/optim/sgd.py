@@ -42,6 +42,8 @@ class SGD(Optimizer):
             if v is None:
                 v = g * 1.0          # a fresh array, never an alias of the gradient buffer
                 slots["velocity"] = v
+            elif not self.nesterov and not self.dampening and cpu.handles(W, g, v):
+                return cpu.momentum_step_(W, g, v, self.lr, self.momentum, self._scratch(key, W))
             else:                    # in place: v = momentum * v + (1 - dampening) * g
                 v *= self.momentum
                 v += (1.0 - self.dampening) * g if self.dampening else g

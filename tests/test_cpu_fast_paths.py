@@ -1,0 +1,97 @@
+"""The NumPy fast paths agree with the portable code they shortcut."""
+
+import numpy as np
+import pytest
+
+import array_api_strict as aas
+
+import xpdnn as xd
+from xpdnn.kernels import cpu
+
+
+@pytest.mark.parametrize("N, C", [(1, 2), (7, 10), (300, 1000), (64, 5000)])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("ignore", [None, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_xent_fast_path_matches_portable(N, C, reduction, ignore, dtype):
+    rng = np.random.default_rng(N + C)
+    Z = (rng.standard_normal((N, C)) * 20).astype(dtype)
+    Z[0, 0] = 1e4                                   # extreme logits stay finite
+    y = rng.integers(0, C, N)
+    if ignore is not None:
+        y[::2] = ignore
+    fast = xd.SoftmaxCrossEntropy(reduction=reduction, ignore_index=ignore)
+    slow = xd.SoftmaxCrossEntropy(reduction=reduction, ignore_index=ignore, fused=False)
+    lf, gf = fast(Z, y)
+    ls, gs = slow(Z, y)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(lf, ls, **tol)
+    np.testing.assert_allclose(gf, gs, **tol)
+    assert gf.dtype == Z.dtype and np.asarray(lf).dtype == Z.dtype
+    assert np.all(np.isfinite(gf))
+
+
+def test_softmax_xent_fast_path_all_ignored():
+    Z = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    loss, G = xd.SoftmaxCrossEntropy(ignore_index=-1)(Z, np.full(4, -1))
+    assert float(loss) == 0.0 and not G.any()
+
+
+def test_softmax_xent_threads_split_rows_exactly():
+    """Large enough to run on several threads: identical to one thread."""
+    rng = np.random.default_rng(1)
+    Z = rng.standard_normal((513, 1031)).astype(np.float32)
+    y = rng.integers(0, 1031, 513)
+    l1, g1 = cpu.softmax_xent(Z, y)
+    G = np.empty_like(Z)
+    losses = np.empty(513, np.float32)
+    cpu._xent_rows(Z, y, G, losses, 0, 513, 7)
+    G[np.arange(513), y] -= 1
+    np.testing.assert_array_equal(g1, G * np.float32(1.0 / 513))
+
+
+def test_fused_linear_relu_matches_the_unfused_chain(rng):
+    """Sequential fuses Linear+ReLU in place on NumPy; array-api-strict runs the portable
+    layers one by one: same outputs and gradients."""
+    net = xd.Sequential(xd.Linear(6, 8, dtype="float64"), xd.ReLU(), xd.Linear(8, 8, dtype="float64"), xd.ReLU(),
+                        xd.Linear(8, 3, dtype="float64"), xd.ReLU())
+    X = rng.standard_normal((5, 6))
+    G = rng.standard_normal((5, 3))
+    outs = []
+    for lib in (np, aas):
+        net.to(like=lib.asarray(X))
+        net.zero_grad()
+        Y, bp = net.forward(lib.asarray(X), train=True)
+        dX = bp(lib.asarray(G.copy()))
+        outs.append((np.asarray(Y), np.asarray(dX), {k: np.asarray(v.grads[n]) for k, v, n in
+                                                       [(f"{p}.{n}", l, n) for p, l, n in net.parameters()]}))
+    (Y0, dX0, g0), (Y1, dX1, g1) = outs
+    np.testing.assert_allclose(Y0, Y1, rtol=1e-13)
+    np.testing.assert_allclose(dX0, dX1, rtol=1e-13)
+    for k in g0:
+        np.testing.assert_allclose(g0[k], g1[k], rtol=1e-13, err_msg=k)
+
+
+def test_caller_dY_is_never_overwritten(rng):
+    net = xd.Sequential(xd.Linear(4, 5, dtype="float64"), xd.ReLU())
+    _, bp = net.forward(rng.standard_normal((3, 4)), train=True)
+    dY = rng.standard_normal((3, 5))
+    keep = dY.copy()
+    bp(dY)
+    np.testing.assert_array_equal(dY, keep)
+
+
+def test_first_layer_input_gradient_skipped_only_on_request(rng):
+    net = xd.Sequential(xd.Linear(4, 5, dtype="float64"), xd.ReLU(), xd.Linear(5, 2, dtype="float64"))
+    X = rng.standard_normal((3, 4))
+    G = rng.standard_normal((3, 2))
+    _, bp = net.forward(X, train=True)
+    assert bp(G).shape == (3, 4)
+    net.zero_grad()
+    _, bp = net.forward(X, train=True, input_grad=False)
+    assert bp(G) is None
+    W_grad = net.layers[0].grads["W"].copy()
+    net.zero_grad()
+    _, bp = net.forward(X, train=True)
+    bp(G)
+    np.testing.assert_allclose(net.layers[0].grads["W"], W_grad, rtol=1e-14)
