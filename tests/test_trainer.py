@@ -339,3 +339,24 @@ def test_probability_targets_train_and_report_accuracy(backend, rng):
     ref = _trainer(_net(), epochs=3).fit(X, y)
     assert 0.0 <= hist["accuracy"][-1] <= 1.0 and hist["val_accuracy"][-1] > 0.8
     assert abs(hist["accuracy"][-1] - ref["accuracy"][-1]) < 0.1
+
+
+def test_fit_on_a_stream_from_a_memmap_matches_fit_on_arrays(tmp_path, backend, rng):
+    from xpdnn.datasets.streaming import BatchStream, mover
+    X, y = _blobs(rng)
+    np.save(tmp_path / "X.npy", X)
+    Xm = np.load(tmp_path / "X.npy", mmap_mode="r")
+    ref = _trainer(_net(), epochs=3).fit(X, y)
+    stream = BatchStream(Xm, y, batch_size=16, shuffle=True, seed=7, to=mover(backend.asarray(np.zeros(1))))
+    got = _trainer(_net(), epochs=3).fit(stream, validation=(backend.asarray(X), backend.asarray(y)))
+    np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["accuracy"], ref["accuracy"], rtol=1e-12)
+    assert len(got["val_loss"]) == 3
+
+
+def test_stream_batches_are_validated(rng):
+    from xpdnn.datasets.streaming import BatchStream
+    X, y = _blobs(rng)
+    y[70] = 9
+    with pytest.raises(ValueError, match="label 9"):
+        _trainer(_net()).fit(BatchStream(X, y, batch_size=16))

@@ -131,19 +131,24 @@ class Trainer:
         return put(X, self.device), put(y, self.device)
 
     # -- training -------------------------------------------------------------------
-    def fit(self, X, y, validation=None):
-        X, y = self._place(*self._check_data(X, y))
+    def fit(self, X, y=None, validation=None):
+        """Train on arrays ``X`` (N, n_in) and ``y``, or on a :class:`~xpdnn.datasets.BatchStream`
+        passed as ``X`` (batches streamed from host or memory-mapped arrays, each validated as
+        it arrives; its own batch size, shuffling and seed apply)."""
+        from .datasets.streaming import BatchStream
+
+        stream = X if isinstance(X, BatchStream) else None
+        if stream is None:
+            X, y = self._place(*self._check_data(X, y))
         val = None
         if validation is not None:
             val = self._place(*self._check_data(*validation, what="_val"))
-            B.namespace(X, val[0])
-            B.same_device(X, val[0])
+            if stream is None:
+                B.namespace(X, val[0])
+                B.same_device(X, val[0])
         net = self.net
         if getattr(net, "fresh", False):
             net.initialize(self.seed)
-        net.ensure_like(X)
-        if isinstance(self.loss, Layer):      # a loss with parameters (hierarchical softmax)
-            self.loss.ensure_like(X)
         self.stop_training = False
         for cb in self.callbacks:
             cb.on_train_begin(self)
@@ -151,7 +156,13 @@ class Trainer:
         for epoch in range(start_epoch, self.epochs):
             for cb in self.callbacks:
                 cb.on_epoch_begin(self, epoch)
-            logs = self._run_epoch(X, y, epoch)
+            if stream is None:
+                logs = self._run_epoch(self._array_batches(X, y, epoch), epoch, *self._epoch_size(X.shape[0]))
+            else:
+                stream.set_epoch(epoch)
+                N, bs = stream.X.shape[0], stream.batch_size
+                logs = self._run_epoch(self._checked(stream), epoch, len(stream),
+                                       min(N, len(stream) * bs))
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
             self.epoch = epoch + 1
@@ -167,29 +178,47 @@ class Trainer:
             cb.on_train_end(self)
         return self.history
 
-    def _run_epoch(self, X, y, epoch):
-        xp = B.namespace(X)
-        N = X.shape[0]
+    def _epoch_size(self, N):
+        """(steps, samples used) of an epoch over N samples."""
         steps = N // self.batch_size if self.drop_last else -(-N // self.batch_size)
         if steps == 0:
             raise ValueError(f"drop_last with batch_size {self.batch_size} > {N} samples leaves no batch")
-        N_used = min(N, steps * self.batch_size)
+        return steps, min(N, steps * self.batch_size)
+
+    def _array_batches(self, X, y, epoch):
+        """The mini-batches of one epoch: NumPy's ``default_rng([seed, epoch])`` permutation."""
+        xp = B.namespace(X)
+        N = X.shape[0]
         order = np.random.default_rng([self.seed, epoch]).permutation(N)
         order = B.from_numpy(order.astype(np.int64), like=y)
+        for step in range(self._epoch_size(N)[0]):
+            idx = order[step * self.batch_size:min((step + 1) * self.batch_size, N)]
+            yield xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
+
+    def _checked(self, stream):
+        for Xb, yb in stream:
+            if yb is None:
+                raise ValueError("the BatchStream has no labels (y=None); training needs them")
+            yield self._place(*self._check_data(Xb, yb, what=" (streamed batch)"))
+
+    def _run_epoch(self, batches, epoch, steps, N_used):
         net, loss_fn, opt = self.net, self.loss, self.optimizer
-        total = xp.zeros((), dtype=X.dtype, device=B.device(X))
-        correct = xp.zeros((), dtype=xp.int64, device=B.device(X))
         bar = self._bar(epoch, N_used)
         loss_has_params = isinstance(loss_fn, Layer)
-        check_every = self.nan_check_every or (1 if B.device(X) == "cpu" or B.is_numpy(X) else 32)
-        finite = xp.ones((), dtype=xp.bool, device=B.device(X))
+        seen = 0
         t0 = time.perf_counter()
-        for step in range(steps):
+        for step, (Xb, yb) in enumerate(batches):
+            if step == 0:
+                xp, dev = B.namespace(Xb), B.device(Xb)
+                net.ensure_like(Xb)
+                if loss_has_params:           # a loss with parameters (hierarchical softmax)
+                    loss_fn.ensure_like(Xb)
+                total = xp.zeros((), dtype=Xb.dtype, device=dev)
+                correct = xp.zeros((), dtype=xp.int64, device=dev)
+                check_every = self.nan_check_every or (1 if dev == "cpu" or B.is_numpy(Xb) else 32)
+                finite = xp.ones((), dtype=xp.bool, device=dev)
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
-            idx = order[step * self.batch_size:min((step + 1) * self.batch_size, N)]
-            Xb = xp.take(X, idx, axis=0)
-            yb = xp.take(y, idx, axis=0)
             net.zero_grad()
             if loss_has_params:
                 loss_fn.zero_grad()
@@ -230,15 +259,16 @@ class Trainer:
                 constraint(net, *extra)
             self.global_step += 1
             n = Xb.shape[0]
+            seen += n
             total = total + loss * n
             if loss_fn.classification:
-                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == (xp.argmax(yb, axis=1) if yb.ndim == 2 else yb), xp.int64))
+                labels = xp.argmax(yb, axis=1) if yb.ndim == 2 else yb     # probability targets: argmax
+                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == labels, xp.int64))
             for cb in self.callbacks:
                 cb.on_batch_end(self, step, {"loss": loss, "size": n})
             if bar is not None:
                 bar.update(n)
                 if step % 10 == 9 or step == steps - 1:
-                    seen = min(N, (step + 1) * self.batch_size)
                     post = {"loss": f"{float(total) / seen:.4f}"}
                     if loss_fn.classification:
                         post["acc"] = f"{int(correct) / seen:.3f}"
@@ -246,11 +276,10 @@ class Trainer:
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
-        logs = {"loss": float(total) / N_used, "time": seconds,
-                "samples_per_s": N_used / seconds if seconds else math.inf,
-                "lr": opt.lr}
+        logs = {"loss": float(total) / seen, "time": seconds,
+                "samples_per_s": seen / seconds if seconds else math.inf, "lr": opt.lr}
         if loss_fn.classification:
-            logs["accuracy"] = int(correct) / N_used
+            logs["accuracy"] = int(correct) / seen
         return logs
 
     def _snapshot(self):
