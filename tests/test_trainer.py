@@ -143,6 +143,7 @@ def test_load_rejects_bad_files(tmp_path, damage, rng):
         xd.load(path)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
 def test_nan_loss_stops_with_last_good_weights(rng):
     X, y = _blobs(rng)
     net = _net(dropout=0.0)
@@ -261,6 +262,7 @@ def test_info_lists_backends(capsys):
         assert name in out
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
 def test_deferred_nan_check_rolls_back(rng):
     """The GPU mode (check every k steps, no per-step sync) also ends with finite weights: those
     of the last checked good state."""
