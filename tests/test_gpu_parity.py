@@ -43,3 +43,17 @@ def test_cupy_outputs_stay_on_the_device():
     Xg = cupy.asarray(X)
     P = net.predict_proba(Xg)
     assert isinstance(P, cupy.ndarray) and P.shape == (1797, 10)
+
+
+def test_unchecked_fused_loss_turns_a_bad_label_into_nan():
+    """The trainer's mode (labels validated up front): no read-back per call, and a bad label
+    still never yields a number."""
+    import cupy
+    from xpdnn.kernels.softmax_xent import softmax_xent
+    Z = cupy.zeros((4, 3), dtype=cupy.float32)
+    loss, _ = softmax_xent(Z, cupy.asarray([0, 1, 2, 1]), check=False)
+    assert abs(float(loss) - float(np.log(3.0))) < 1e-6
+    loss, _ = softmax_xent(Z, cupy.asarray([0, 1, 7, 1]), check=False)
+    assert np.isnan(float(loss))
+    with pytest.raises(ValueError, match="7"):
+        softmax_xent(Z, cupy.asarray([0, 1, 7, 1]))

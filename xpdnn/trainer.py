@@ -150,6 +150,18 @@ class Trainer:
         if getattr(net, "fresh", False):
             net.initialize(self.seed)
         self.stop_training = False
+        # every label was validated above (streams: per batch), so a fused GPU loss need not read
+        # its own label check back from the device each step
+        prechecked = getattr(self.loss, "labels_prechecked", None)
+        if prechecked is not None:
+            self.loss.labels_prechecked = True
+        try:
+            return self._fit_epochs(stream, X, y, val)
+        finally:
+            if prechecked is not None:
+                self.loss.labels_prechecked = prechecked
+
+    def _fit_epochs(self, stream, X, y, val):
         for cb in self.callbacks:
             cb.on_train_begin(self)
         start_epoch = self.epoch

@@ -73,7 +73,7 @@ def launch_config(N: int, C: int, tname: str, z_ptr: int, ldz: int, g_ptr: int, 
 
 
 def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, reduction="mean",
-                 inplace=False, logits_dtype=None):
+                 inplace=False, logits_dtype=None, check=True):
     """Softmax cross-entropy of CuPy logits against integer labels, fused.
 
     Z: (N, C) CuPy array, float16 / float32 / float64, or bfloat16 (a ``bfloat16`` dtype, or
@@ -89,7 +89,9 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
 
     Labels are checked on the device; a label outside ``[0, C)`` that is not ``ignore_index``
     raises ValueError (each call reads one 8-byte word back from the device for that: one
-    synchronisation).  Such rows never read outside the row: they count as ignored.
+    synchronisation).  Such rows never read outside the row: they count as ignored.  With
+    ``check=False`` (the trainer, which validated every label before training) nothing is read
+    back: a bad label turns the loss into NaN on the device instead.
     """
     import cupy
 
@@ -151,6 +153,8 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
                 den, row_loss, np.int32(vec))
         get_function(source, name)((grid,), (block,), args)
         loss = row_loss if reduction == "none" else row_loss.sum()
+        if not check:
+            return loss + cupy.where(bad[0] == np.uint64(_NO_BAD_ROW), 0.0, cupy.nan).astype(loss.dtype), G
         first_bad = int(bad.get()[0])
         if first_bad != _NO_BAD_ROW:
             label = int(y64[first_bad].get())

@@ -117,6 +117,7 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.reduction = check_reduction(reduction)
         self.fused, self.inplace = bool(fused), bool(inplace)
+        self.labels_prechecked = False   # set by the Trainer while it trains (labels validated up front)
         self._weight_cache: dict = {}
 
     def get_config(self) -> dict:
@@ -164,7 +165,8 @@ class SoftmaxCrossEntropy(Loss):
                 acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
                 return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z, acc),
                                     ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-                                    reduction=self.reduction, inplace=self.inplace)
+                                    reduction=self.reduction, inplace=self.inplace,
+                                    check=not getattr(self, "labels_prechecked", False))
         if soft:
             return self._soft(xp, Z, targets)
         if (self.fused and cpu.handles(Z, targets) and self.weight is None and self.label_smoothing == 0
