@@ -362,3 +362,17 @@ def test_stream_batches_are_validated(rng):
     y[70] = 9
     with pytest.raises(ValueError, match="label 9"):
         _trainer(_net()).fit(BatchStream(X, y, batch_size=16))
+
+
+def test_trainer_marks_labels_prechecked_only_while_training(rng):
+    X, y = _blobs(rng)
+    seen = []
+
+    class Look(xd.Callback):
+        def on_batch_begin(self, trainer, step):
+            seen.append(trainer.loss.labels_prechecked)
+
+    t = _trainer(_net(), epochs=1, callbacks=[Look()])
+    t.fit(X, y)
+    assert seen and all(seen)
+    assert t.loss.labels_prechecked is False
