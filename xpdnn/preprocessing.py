@@ -38,6 +38,12 @@ def _check_2d(X, what="X"):
     return X
 
 
+def _check_eps(eps) -> float:
+    if not float(eps) >= 0:      # also rejects NaN
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return float(eps)
+
+
 def _as_float(X):
     """X itself when floating, else X as float32."""
     xp = B.namespace(X)
@@ -207,9 +213,7 @@ class Standardizer(Transformer):
 
     def __init__(self, eps: float = 1e-12):
         super().__init__()
-        if not float(eps) >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
 
     def get_config(self):
         return {"eps": self.eps}
@@ -303,10 +307,8 @@ class PCA(Transformer):
         super().__init__()
         if n_components is not None and int(n_components) < 1:
             raise ValueError(f"n_components must be a positive integer or None, got {n_components}")
-        if not float(eps) >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
         self.n_components = None if n_components is None else int(n_components)
-        self.whiten, self.eps = bool(whiten), float(eps)
+        self.whiten, self.eps = bool(whiten), _check_eps(eps)
 
     def get_config(self):
         return {"n_components": self.n_components, "whiten": self.whiten, "eps": self.eps}
@@ -381,9 +383,7 @@ class ZCA(Transformer):
 
     def __init__(self, eps: float = 1e-5):
         super().__init__()
-        if not float(eps) >= 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
 
     def get_config(self):
         return {"eps": self.eps}
