@@ -227,7 +227,8 @@ class Trainer:
                     loss_fn.ensure_like(Xb)
                 total = xp.zeros((), dtype=Xb.dtype, device=dev)
                 correct = xp.zeros((), dtype=xp.int64, device=dev)
-                check_every = self.nan_check_every or (1 if dev == "cpu" or B.is_numpy(Xb) else 32)
+                on_gpu = B.is_cupy(Xb) or (B.is_torch(Xb) and Xb.device.type != "cpu")
+                check_every = self.nan_check_every or (32 if on_gpu else 1)
                 finite = xp.ones((), dtype=xp.bool, device=dev)
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
