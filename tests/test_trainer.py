@@ -43,7 +43,7 @@ def test_history_identical_across_backends(backend, rng):
     got = _trainer(_net(), epochs=4).fit(backend.asarray(X), backend.asarray(y),
                                          validation=(backend.asarray(X[:30]), backend.asarray(y[:30])))
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-6, err_msg=key)
     assert len(got["loss"]) == 4
 
 
