@@ -95,3 +95,28 @@ def test_first_layer_input_gradient_skipped_only_on_request(rng):
     _, bp = net.forward(X, train=True)
     bp(G)
     np.testing.assert_allclose(net.layers[0].grads["W"], W_grad, rtol=1e-14)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_direct_loss_call_rejects_out_of_range_labels(backend, fused, bad):
+    """Outside the trainer (which validates once) every call checks: -1 must not wrap around
+    to the last class."""
+    Z = backend.asarray(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="label"):
+        xd.SoftmaxCrossEntropy(fused=fused)(Z, backend.asarray(np.array([0, bad])))
+
+
+@pytest.mark.parametrize("make", [xd.MulticlassHinge, xd.SquaredMulticlassHinge])
+@pytest.mark.parametrize("bad", [-1, 3])
+def test_hinge_rejects_out_of_range_labels(backend, make, bad):
+    Z = backend.asarray(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="label"):
+        make()(Z, backend.asarray(np.array([0, bad])))
+
+
+@pytest.mark.parametrize("bad", [-1, 5])
+def test_hierarchical_softmax_rejects_out_of_range_labels(backend, bad):
+    hs = xd.HierarchicalSoftmax(3, 5, dtype="float64")
+    with pytest.raises(ValueError, match="label"):
+        hs(backend.asarray(np.zeros((2, 3))), backend.asarray(np.array([0, bad])))

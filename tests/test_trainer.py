@@ -376,3 +376,12 @@ def test_trainer_marks_labels_prechecked_only_while_training(rng):
     t.fit(X, y)
     assert seen and all(seen)
     assert t.loss.labels_prechecked is False
+
+
+def test_a_bare_layer_trains_too(rng):
+    """The trainer accepts any Layer, not only a Sequential."""
+    X, y = _blobs(rng)
+    layer = xd.Linear(5, 3)
+    W0 = layer.params["W"].copy()
+    hist = _trainer(layer, epochs=3).fit(X, y)
+    assert hist["loss"][-1] < hist["loss"][0] and not np.array_equal(layer.params["W"], W0)

@@ -70,6 +70,13 @@ class Trainer:
     One ``seed`` drives everything: the initial weights (a fresh network is initialized from
     it), the shuffling (epoch ``e`` uses the permutation of NumPy's generator seeded with
     ``[seed, e]``) and the dropout masks (a Philox :class:`~xpdnn.random.Stream`).
+
+    Options: ``device`` ("cuda", "torch", ...) moves the data there first; ``regularizers``
+    (``r(net) -> penalty``, adding its gradient before the step), ``clip`` (``clip(net)``
+    rescales the gradients before the step) and ``constraints`` (``c(net)`` projects the
+    parameters after the step, e.g. max-norm); ``nan_check_every`` is how often the loss is read
+    back to check for NaN/Inf (default: every step on the CPU, every 32 steps on a GPU, with a
+    rollback snapshot); ``drop_last`` skips the last, shorter batch (BatchNorm needs >= 2 rows).
     """
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
@@ -83,17 +90,12 @@ class Trainer:
         self.net, self.loss, self.optimizer = net, loss, optimizer
         self.batch_size, self.epochs, self.seed = int(batch_size), int(epochs), int(seed)
         self.callbacks = list(callbacks)
-        # regularizers: ``r(net) -> penalty`` adds its gradient into the layers' grads (before the step)
-        # clip: ``clip(net)`` rescales the gradients (before the step)
-        # constraints: ``c(net)`` projects the parameters (after the step), e.g. max-norm
         self.regularizers, self.clip, self.constraints = list(regularizers), clip, list(constraints)
         self.progress = progress
         self.device = device
         self.rng = Stream(self.seed)
-        # how often the loss is checked for NaN/Inf (a host sync): every step on the CPU,
-        # every 32 steps on a GPU (with a rollback snapshot); None = choose by device
         self.nan_check_every = nan_check_every
-        self.drop_last = bool(drop_last)     # skip the last, smaller batch (BatchNorm needs >= 2)
+        self.drop_last = bool(drop_last)
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
@@ -112,15 +114,16 @@ class Trainer:
             raise ValueError(f"X{what} is empty: no samples to train on")
         if y.shape[0] != X.shape[0]:
             raise ValueError(f"X{what} has {X.shape[0]} samples but y{what} has {y.shape[0]}")
-        n_in = self.net.n_features
+        n_in = getattr(self.net, "n_features", self.net.n_in)
         if n_in is not None and X.shape[1] != n_in:
             raise ValueError(f"X{what} has {X.shape[1]} features but the model expects {n_in}")
         B.check_finite(X, f"X{what}")
         y = self.loss.check_targets(y, self.net.output_size(self.net.n_in))
         xp = B.namespace(X)
         X = xp.astype(X, B.resolve_dtype(xp, self.net.dtype), copy=False)
-        if self.net.preprocessing is not None:
-            X = xp.astype(self.net.preprocessing.transform(X), B.resolve_dtype(xp, self.net.dtype), copy=False)
+        pre = getattr(self.net, "preprocessing", None)
+        if pre is not None:
+            X = xp.astype(pre.transform(X), B.resolve_dtype(xp, self.net.dtype), copy=False)
         return X, y
 
     def _place(self, X, y):

@@ -14,6 +14,9 @@ LOSSES: dict[str, type] = {}
 
 class Loss:
     classification = False   # True when targets are class labels and accuracy is meaningful
+    # the Trainer sets this while it trains: it validated every label up front, so a label loss
+    # may skip its per-call range check (which a direct call always makes)
+    labels_prechecked = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

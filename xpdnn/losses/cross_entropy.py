@@ -117,7 +117,6 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.reduction = check_reduction(reduction)
         self.fused, self.inplace = bool(fused), bool(inplace)
-        self.labels_prechecked = False   # set by the Trainer while it trains (labels validated up front)
         self._weight_cache: dict = {}
 
     def get_config(self) -> dict:
@@ -166,9 +165,11 @@ class SoftmaxCrossEntropy(Loss):
                 return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z, acc),
                                     ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
                                     reduction=self.reduction, inplace=self.inplace,
-                                    check=not getattr(self, "labels_prechecked", False))
+                                    check=not self.labels_prechecked)
         if soft:
             return self._soft(xp, Z, targets)
+        if not self.labels_prechecked:       # a label out of range must never index another class
+            targets = check_labels(targets, Z.shape[1], ignore_index=self.ignore_index)
         if (self.fused and cpu.handles(Z, targets) and self.weight is None and self.label_smoothing == 0
                 and targets.dtype.kind in "iu"):
             return cpu.softmax_xent(Z, targets, ignore_index=self.ignore_index, reduction=self.reduction)

@@ -144,6 +144,7 @@ class HierarchicalSoftmax(Layer):
 
     decay = ("W",)
     classification = False   # the loss protocol's flag: its inputs H are features, not class scores
+    labels_prechecked = False   # set by the Trainer while it trains, as for a Loss
 
     def __init__(self, n_in: int, n_classes: int, *, tree: str = "balanced", class_counts=None,
                  init="lecun", reduction: str = "mean", seed: int = 0, dtype: str = "float32"):
@@ -256,6 +257,8 @@ class HierarchicalSoftmax(Layer):
         """``hs(H, y)`` -> (loss, dH); ``hs(H)`` -> log-probabilities (N, C)."""
         if y is None:
             return self.forward(H, train=False)[0]
+        if not self.labels_prechecked:       # a label out of range must never pick another path
+            y = check_labels(y, self.n_classes)
         return self.loss(H, y)
 
     def forward(self, H, *, train=False, rng=None):

@@ -78,6 +78,8 @@ class MulticlassHinge(Loss):
             raise ValueError(f"labels must be a 1-D array of class indices, got shape {tuple(y.shape)}")
         _check_scores(Z, y.shape[0])
         C = Z.shape[1]
+        if not self.labels_prechecked:       # a label out of range must never index another class
+            y = check_labels(y, C)
         y = xp.astype(y, xp.int64)
         Y = one_hot(y, C, Z.dtype)
         Zy = xp.take_along_axis(Z, y[:, None], axis=1)
