@@ -267,6 +267,8 @@ class GradientFlowMonitor(Callback):
 class _ActivationMonitor(Callback):
     """Runs an evaluation pass over a fixed sample X (M, n_in) at every epoch end."""
 
+    reads_gradients = False
+
     def __init__(self, X_sample, batch_size: int = 4096, warn: bool = True):
         X_sample = B.as_array(X_sample, "X_sample")
         if X_sample.ndim != 2 or X_sample.shape[0] == 0:

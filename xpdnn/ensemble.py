@@ -99,6 +99,8 @@ class AnnealedDropout(Callback):
     the rate it had when training began.
     """
 
+    reads_gradients = False
+
     def __init__(self, start: float | None = None, end: float = 0.0, epochs: int = 10, *, kinds=(Dropout,)):
         for name, r in (("start", start), ("end", end)):
             if r is not None and not 0.0 <= float(r) < 1.0:

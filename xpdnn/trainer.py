@@ -19,7 +19,12 @@ class TrainingError(RuntimeError):
 
 
 class Callback:
-    """Hooks called by :class:`Trainer`; set ``trainer.stop_training = True`` to stop."""
+    """Hooks called by :class:`Trainer`; set ``trainer.stop_training = True`` to stop.
+
+    A callback that never reads ``layer.grads`` sets ``reads_gradients = False``, which lets the
+    trainer fuse the optimizer step into backprop (see ``Trainer``'s ``fused_step``)."""
+
+    reads_gradients = True
 
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch): ...
@@ -32,6 +37,8 @@ class Callback:
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
     with ``restore_best`` the best epoch's weights are put back at the end."""
+
+    reads_gradients = False
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), float(min_delta), restore_best
@@ -77,12 +84,19 @@ class Trainer:
     parameters after the step, e.g. max-norm); ``nan_check_every`` is how often the loss is read
     back to check for NaN/Inf (default: every step on the CPU, every 32 steps on a GPU, with a
     rollback snapshot); ``drop_last`` skips the last, shorter batch (BatchNorm needs >= 2 rows).
+
+    ``fused_step`` (default None: automatic) lets the optimizer update a Linear layer's weights
+    inside backprop on NumPy, where SGD folds momentum into the weight-gradient GEMM
+    (``v = momentum * v + dY.T @ X`` in one BLAS call) and never stores that gradient.  The
+    result is the same update up to rounding; it is used only when no regularizer, clipping or
+    gradient-reading callback is present, and those weights' ``layer.grads`` are then left
+    stale.  ``False`` turns it off.
     """
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
                  seed: int = 0, callbacks=(), progress: bool = True, device=None,
                  regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
-                 drop_last: bool = False):
+                 drop_last: bool = False, fused_step: bool | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -96,6 +110,7 @@ class Trainer:
         self.rng = Stream(self.seed)
         self.nan_check_every = nan_check_every
         self.drop_last = bool(drop_last)
+        self.fused_step = fused_step
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
@@ -158,11 +173,29 @@ class Trainer:
         prechecked = getattr(self.loss, "labels_prechecked", None)
         if prechecked is not None:
             self.loss.labels_prechecked = True
+        fused = self._fuses()
+        if fused:
+            net.attach_fused_step(self.optimizer)
         try:
             return self._fit_epochs(stream, X, y, val)
         finally:
             if prechecked is not None:
                 self.loss.labels_prechecked = prechecked
+            if fused:
+                net.attach_fused_step(None)
+
+    def _fuses(self) -> bool:
+        """Whether this fit may run the optimizer inside backprop (``fused_step``): asked for or
+        left automatic, and nothing between backprop and the step reads or changes gradients
+        (no regularizers, no clipping, only callbacks that declare ``reads_gradients = False``)."""
+        if self.fused_step is False:
+            return False
+        quiet = (not self.regularizers and self.clip is None
+                 and all(not getattr(cb, "reads_gradients", True) for cb in self.callbacks))
+        if self.fused_step and not quiet:
+            raise ValueError("fused_step=True cannot be honoured with regularizers, clip or callbacks that read "
+                             "gradients (they need the gradient stored before the step); leave it None")
+        return quiet and getattr(self.optimizer, "can_fuse", False)
 
     def _fit_epochs(self, stream, X, y, val):
         for cb in self.callbacks:

@@ -106,12 +106,100 @@ def softmax_xent(Z, y, *, ignore_index=None, reduction="mean"):
     return np.asarray(total * scale), G
 
 
+class _CBLAS:
+    """GEMM with ``beta`` and an in-place AXPY from the OpenBLAS that NumPy itself links (the
+    ``scipy-openblas`` build bundled in NumPy's wheels), called through ctypes.  Using NumPy's own
+    library matters: a second BLAS (SciPy's) has its own thread pool, whose spinning threads
+    fight NumPy's for the cores and made a training step several times slower."""
+
+    ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+
+    def __init__(self, lib, prefix: str, suffix: str, int64: bool):
+        import ctypes as C
+
+        i, p = (C.c_int64 if int64 else C.c_int), C.c_void_p
+        self.gemm, self.axpy = {}, {}
+        for dt, code, real in ((np.float32, "s", C.c_float), (np.float64, "d", C.c_double)):
+            gemm = getattr(lib, f"{prefix}cblas_{code}gemm{suffix}")
+            gemm.argtypes = [C.c_int, C.c_int, C.c_int, i, i, i, real, p, i, p, i, real, p, i]
+            gemm.restype = None
+            axpy = getattr(lib, f"{prefix}cblas_{code}axpy{suffix}")
+            axpy.argtypes = [i, real, p, i, p, i]
+            axpy.restype = None
+            self.gemm[np.dtype(dt)], self.axpy[np.dtype(dt)] = gemm, axpy
+
+
+@functools.lru_cache(maxsize=None)
+def _cblas():
+    """The :class:`_CBLAS` of NumPy's bundled OpenBLAS, or None where NumPy was built against
+    another BLAS (conda's MKL, a distribution's OpenBLAS, Accelerate) or
+    ``XPDNN_NO_BLAS_FASTPATH`` is set: callers then use plain NumPy."""
+    if os.environ.get("XPDNN_NO_BLAS_FASTPATH"):
+        return None
+    try:
+        import ctypes
+        import glob
+
+        cfg = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        if cfg.get("name") != "scipy-openblas":
+            return None
+        int64 = "USE64BITINT" in cfg.get("openblas configuration", "")
+        here = os.path.dirname(np.__file__)
+        found = [f for d in (os.path.join(here, os.pardir, "numpy.libs"), os.path.join(here, ".dylibs"))
+                 for f in sorted(glob.glob(os.path.join(d, "*scipy_openblas*")))]
+        if len(found) != 1:
+            return None
+        return _CBLAS(ctypes.CDLL(found[0]), "scipy_", "64_" if int64 else "", int64)
+    except Exception:            # any surprise in an unfamiliar build: use plain NumPy
+        return None
+
+
+def _blas_ok(*arrays) -> bool:
+    first = arrays[0]
+    return (first.dtype in (np.float32, np.float64)
+            and all(a.dtype == first.dtype and a.flags.c_contiguous and a.size for a in arrays))
+
+
+def gemm_tn_acc_(dY, X, C, beta):
+    """``C = dY.T @ X + beta * C`` in place (``beta = 0`` overwrites C, whatever it holds).
+
+    dY: (N, m), X: (N, n), C: (m, n).  With NumPy's bundled OpenBLAS this is one GEMM call that
+    reads and writes C once; otherwise NumPy's matmul plus an in-place scale and add."""
+    blas = _cblas()
+    N, m = dY.shape
+    n = X.shape[1]
+    if X.shape[0] != N or C.shape != (m, n):
+        raise ValueError(f"gemm_tn_acc_: shapes {dY.shape}, {X.shape} -> {C.shape} do not match")
+    if blas is not None and _blas_ok(C, dY, X):
+        blas.gemm[C.dtype](_CBLAS.ROW_MAJOR, _CBLAS.TRANS, _CBLAS.NO_TRANS, m, n, N,
+                           1.0, dY.ctypes.data, m, X.ctypes.data, n, float(beta), C.ctypes.data, n)
+        return C
+    if beta == 0:
+        return np.matmul(dY.T, X, out=C)
+    C *= C.dtype.type(beta)
+    C += dY.T @ X
+    return C
+
+
+def axpy_flat_(a, X, Y, scratch=None):
+    """``Y += a * X`` in place, X and Y of one shape: one BLAS AXPY pass with NumPy's bundled
+    OpenBLAS, else NumPy through ``scratch`` (or a temporary)."""
+    blas = _cblas()
+    if X.shape != Y.shape:
+        raise ValueError(f"axpy_flat_: shapes {X.shape} and {Y.shape} differ")
+    if blas is not None and _blas_ok(Y, X):
+        blas.axpy[Y.dtype](Y.size, float(a), X.ctypes.data, 1, Y.ctypes.data, 1)
+        return Y
+    if scratch is None:
+        Y += Y.dtype.type(a) * X
+        return Y
+    return axpy_(Y.dtype.type(a), X, Y, scratch)
+
+
 def momentum_step_(W, g, v, lr, mu, scratch):
     """``v = mu * v + g; W -= lr * v`` in place with no allocation: the same operations, in the
     same order per element, as the portable update.  (Measured: splitting the passes into
     cache-sized blocks or across threads is slower here; the latter fights the BLAS threads.)"""
     v *= W.dtype.type(mu)
     v += g
-    np.multiply(v, W.dtype.type(lr), out=scratch)
-    W -= scratch
-    return W
+    return axpy_flat_(-lr, v, W, scratch)

@@ -25,6 +25,7 @@ class Layer:
     decay: tuple[str, ...] = ()      # parameter names that weight decay / L1 / max-norm act on
     lazy_zero_grad = False           # True if backprop writes every gradient via add_grad
     _unset: set = frozenset()
+    _fused = None                    # (optimizer, path prefix) while a trainer fuses the step
     n_neurons: int = 0               # neurons this layer adds (for summaries)
 
     def __init_subclass__(cls, **kwargs):
@@ -100,6 +101,19 @@ class Layer:
             self.grads[name] = value
         else:
             self.grads[name] += value
+
+    def attach_fused_step(self, optimizer) -> bool:
+        """Let layers that can (Linear's weights on NumPy) hand their weight gradient straight to
+        ``optimizer.fused_step`` inside backprop instead of storing it; ``None`` detaches.
+        Only for a net whose layers are all distinct objects (a layer used twice accumulates
+        two gradients, which must not be applied one at a time).  Returns whether it attached."""
+        layers = [layer for _, layer in self.named_layers()]
+        if optimizer is not None and (len({id(la) for la in layers}) != len(layers)
+                                      or not getattr(optimizer, "can_fuse", False)):
+            optimizer = None
+        for path, layer in self.named_layers():
+            layer._fused = None if optimizer is None else (optimizer, f"{path}/")
+        return optimizer is not None
 
     def settle_grads(self):
         """Zero any gradient still pending from a lazy ``zero_grad`` (a parameter that received

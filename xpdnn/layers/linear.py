@@ -68,13 +68,16 @@ class Linear(Layer):
             xp = B.namespace(dY)
             if fuse_relu:
                 dY = cpu.relu_backward_(dY, Y) if fast and own_dY else relu_backward(dY, Y)
+            dX = dY @ W if input_grad else None      # before a fused step changes W
             if fast and "W" in self._unset:
                 self._unset.discard("W")
-                cpu.matmul_into(dY.T, X, out=self.grads["W"])
+                fused = self._fused
+                if fused is None or not fused[0].fused_step(fused[1] + "W", W, dY, X, decay="W" in self.decay):
+                    cpu.matmul_into(dY.T, X, out=self.grads["W"])
             else:
                 self.add_grad("W", dY.T @ X)
             if self.use_bias:
                 self.add_grad("b", xp.sum(dY, axis=0))
-            return dY @ W if input_grad else None
+            return dX
 
         return Y, backprop

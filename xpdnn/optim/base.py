@@ -22,15 +22,38 @@ class Optimizer:
 
     def step(self, net, *more) -> None:
         """One update of every parameter of ``net`` (and of ``more`` modules with parameters,
-        such as a hierarchical-softmax loss, keyed ``loss<i>.<path>/<name>``)."""
+        such as a hierarchical-softmax loss, keyed ``loss<i>.<path>/<name>``), except those
+        already updated during backprop by :meth:`fused_step`."""
+        done = self.__dict__.get("_fused_done") or ()
         for i, module in enumerate((net, *more)):
             module.settle_grads()
             prefix = f"loss{i}." if i else ""
             for path, layer, name in module.parameters():
                 key = f"{prefix}{path}/{name}"
+                if key in done:
+                    continue
                 layer.params[name] = self.update(key, layer.params[name], layer.grads[name],
                                                  decay=name in layer.decay)
         self.steps += 1
+        if done:
+            done.clear()
+
+    # -- optimizer-in-backward ----------------------------------------------------------
+    can_fuse = False
+
+    def fused_step(self, key, W, dY, X, *, decay: bool) -> bool:
+        """Update the weight ``W`` (key ``key``) whose gradient is ``dY.T @ X`` right now, inside
+        backprop, without storing that gradient; the next :meth:`step` skips it.  Returns False
+        when this optimizer does not fuse (the caller then stores the gradient as usual).
+        Layers call this only while a :class:`~xpdnn.Trainer` has attached the optimizer
+        (``layer.attach_fused_step``), which it does only when nothing else reads the gradients."""
+        if self.fused_update(key, W, dY, X, decay=decay):
+            self.__dict__.setdefault("_fused_done", set()).add(key)
+            return True
+        return False
+
+    def fused_update(self, key, W, dY, X, *, decay: bool) -> bool:
+        return False
 
     def _scratch(self, key, like):
         """A reusable work buffer shaped like ``like`` (never saved)."""

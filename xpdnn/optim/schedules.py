@@ -36,6 +36,8 @@ def _positive(name, v, integer=False):
 class Schedule(Callback):
     """Base class: subclasses implement ``lr_at(t)`` from ``self.lr0``."""
 
+    reads_gradients = False
+
     def __init__(self, lr0: float | None = None, per: str = "epoch"):
         if per not in PERIODS:
             raise ValueError(f"per must be one of {PERIODS}, got {per!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..kernels import cpu
 from .base import Optimizer
 
@@ -33,6 +35,34 @@ class SGD(Optimizer):
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
                 "nesterov": self.nesterov, "dampening": self.dampening}
+
+    @property
+    def can_fuse(self) -> bool:
+        return not self.nesterov and not self.dampening
+
+    def fused_update(self, key, W, dY, X, *, decay) -> bool:
+        """The update of a weight whose gradient is ``dY.T @ X``, with that GEMM doing the
+        momentum too: ``v = momentum * v + dY.T @ X`` in one BLAS call (beta = momentum), then
+        ``v += weight_decay * W`` and ``W -= lr * v``.  The gradient is never stored.  NumPy
+        arrays only; returns False (nothing done) when this optimizer cannot fuse."""
+        if not self.can_fuse or not cpu.handles(W, dY, X):
+            return False
+        wd = self.weight_decay if decay else 0.0
+        if not self.momentum:                   # W -= lr * (dY.T @ X + wd * W)
+            if wd:
+                W *= W.dtype.type(1.0 - self.lr * wd)
+            cpu.gemm_tn_acc_(dY * W.dtype.type(-self.lr), X, W, 1.0)
+            return True
+        slots = self.state.setdefault(key, {})
+        v = slots.get("velocity")
+        first = v is None
+        if first:
+            v = slots["velocity"] = np.empty_like(W)
+        cpu.gemm_tn_acc_(dY, X, v, 0.0 if first else self.momentum)
+        if wd:
+            cpu.axpy_flat_(wd, W, v, self._scratch(key, W))
+        cpu.axpy_flat_(-self.lr, v, W, self._scratch(key, W))
+        return True
 
     def update(self, key, W, dW, *, decay):
         g = dW + self.weight_decay * W if decay and self.weight_decay else dW
