@@ -385,3 +385,68 @@ def test_a_bare_layer_trains_too(rng):
     W0 = layer.params["W"].copy()
     hist = _trainer(layer, epochs=3).fit(X, y)
     assert hist["loss"][-1] < hist["loss"][0] and not np.array_equal(layer.params["W"], W0)
+
+
+def _resume_equals_full(tmp_path, rng, make, *, val=False):
+    """Train 4 epochs in one go, and 2 + checkpoint + 2 with fresh objects from ``make``: the
+    weights, losses and learning rates must be identical."""
+    X, y = _blobs(rng)
+    validation = (X[:40], y[:40]) if val else None
+    full = make(4)
+    full.fit(X, y, validation=validation)
+    first = make(2)
+    first.fit(X, y, validation=validation)
+    first.save(tmp_path / "ckpt.xpd")
+    resumed = make(4)
+    resumed.restore(tmp_path / "ckpt.xpd")
+    resumed.fit(X, y, validation=validation)
+    for k, v in full.net.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(resumed.net.state_arrays()[k]), B.to_numpy(v), err_msg=k)
+    assert resumed.history["loss"] == full.history["loss"]
+    assert resumed.history["lr"] == full.history["lr"]
+    return full, resumed
+
+
+@pytest.mark.parametrize("schedule", [
+    lambda: xd.optim.schedules.StepDecay(1, gamma=0.5),
+    lambda: xd.optim.schedules.StepDecay(3, gamma=0.5, per="step"),
+    lambda: xd.optim.schedules.ReduceLROnPlateau(monitor="loss", patience=0, factor=0.5, threshold=0.5),
+], ids=["epoch", "step", "plateau"])
+def test_resume_with_a_schedule_keeps_its_base_rate(tmp_path, rng, schedule):
+    """A fresh schedule after restore must not take the checkpoint's decayed rate as its base."""
+    full, _ = _resume_equals_full(tmp_path, rng, lambda e: _trainer(_net(), epochs=e, callbacks=[schedule()]))
+    assert len(set(full.history["lr"])) > 1                      # the schedule really changed the rate
+
+
+def test_resume_keeps_early_stopping_and_annealed_dropout_state(tmp_path, rng):
+    from xpdnn.ensemble import AnnealedDropout
+    make = lambda e: _trainer(_net(dropout=0.4), epochs=e,
+                              callbacks=[AnnealedDropout(end=0.0, epochs=4), xd.EarlyStopping(patience=10)])
+    full, resumed = _resume_equals_full(tmp_path, rng, make, val=True)
+    assert resumed.callbacks[1].best == full.callbacks[1].best
+    assert resumed.callbacks[1].best_epoch == full.callbacks[1].best_epoch
+
+
+def test_resume_with_other_callbacks_is_an_error(tmp_path, rng):
+    X, y = _blobs(rng)
+    first = _trainer(_net(), epochs=1, callbacks=[xd.optim.schedules.StepDecay(1)])
+    first.fit(X, y)
+    first.save(tmp_path / "ckpt.xpd")
+    with pytest.raises(ValueError, match="callback 0 in the checkpoint is a StepDecay"):
+        _trainer(_net(), epochs=2, callbacks=[xd.EarlyStopping()]).restore(tmp_path / "ckpt.xpd")
+    with pytest.raises(ValueError, match="missing"):
+        _trainer(_net(), epochs=2).restore(tmp_path / "ckpt.xpd")
+
+
+def test_resume_with_a_parameterized_loss(tmp_path, rng):
+    """Hierarchical softmax owns weights: the checkpoint keeps them and a resume continues exactly."""
+    def make(e):
+        net = xd.Sequential(xd.Linear(5, 16), xd.ReLU())
+        return xd.Trainer(net, loss=xd.HierarchicalSoftmax(16, 3, seed=2), optimizer=xd.SGD(lr=0.05, momentum=0.9),
+                          batch_size=16, epochs=e, seed=7, progress=False)
+    full, resumed = _resume_equals_full(tmp_path, rng, make)
+    for k, v in full.loss.state_arrays().items():
+        np.testing.assert_array_equal(B.to_numpy(resumed.loss.state_arrays()[k]), B.to_numpy(v), err_msg=k)
+    plain = _trainer(xd.Sequential(xd.Linear(5, 16), xd.ReLU()), epochs=2)
+    with pytest.raises(ValueError, match="loss parameters"):
+        plain.restore(tmp_path / "ckpt.xpd")

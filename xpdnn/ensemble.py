@@ -125,6 +125,22 @@ class AnnealedDropout(Callback):
     def on_train_begin(self, trainer):
         if self._initial is None:
             self._initial = {id(lay): lay.rate for lay in self._layers(trainer.net)}
+        elif isinstance(self._initial, list):        # restored from a checkpoint, in layer order
+            layers = self._layers(trainer.net)
+            if len(layers) != len(self._initial):
+                raise ValueError(f"AnnealedDropout: the checkpoint has starting rates for {len(self._initial)} "
+                                 f"layers, the net has {len(layers)}")
+            self._initial = {id(lay): r for lay, r in zip(layers, self._initial)}
+
+    def state_dict(self):
+        # the rates training started from; after a resume the layers hold annealed rates
+        initial = self._initial
+        if isinstance(initial, dict):
+            initial = list(initial.values())
+        return {"initial": initial}, {}
+
+    def load_state_dict(self, state, arrays):
+        self._initial = None if state.get("initial") is None else [float(r) for r in state["initial"]]
 
     def on_epoch_begin(self, trainer, epoch):
         for lay in self._layers(trainer.net):

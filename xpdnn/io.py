@@ -2,7 +2,8 @@
 
 One file in the safetensors format: the tensors are the parameters and buffers (by stable path,
 ``layers.0.W``), the optimizer's state (``optim/<path>/<name>/<slot>``) and a fitted preprocessing transformer's statistics
-(``preprocessing/<name>``); the header's metadata
+(``preprocessing/<name>``), a checkpoint's loss parameters (``loss/<path>``) and callback
+state (``callbacks/<i>/<name>``); the header's metadata
 holds ``xpdnn`` = JSON with the format version, the architecture, the optimizer's configuration
 and scalars, the Philox counter and the epoch.  Files are written to a temporary file in the
 same folder, fsynced, and renamed over the target, so a crash mid-save leaves the previous file.
@@ -22,6 +23,9 @@ from .layers.base import layer_from_config, layer_to_config
 FORMAT = "xpdnn/1"
 _OPT = "optim/"
 _PRE = "preprocessing/"
+_LOSS = "loss/"
+_CB = "callbacks/"
+_EXTRAS = (_OPT, _PRE, _LOSS, _CB)
 
 
 def _host(a) -> np.ndarray:
@@ -45,9 +49,19 @@ def save(net, path, *, trainer=None, optimizer=None) -> None:
         meta["optimizer"] = opt_meta
         tensors.update({_OPT + k: _host(v) for k, v in opt_arrays.items()})
     if trainer is not None:
+        callbacks = []
+        for i, cb in enumerate(trainer.callbacks):
+            state = cb.state_dict() if hasattr(cb, "state_dict") else None
+            if state is not None:
+                state, arrays = state
+                tensors.update({f"{_CB}{i}/{k}": _host(v) for k, v in arrays.items()})
+            callbacks.append({"type": type(cb).__name__, "state": state})
         meta["trainer"] = {"epoch": trainer.epoch, "seed": trainer.seed, "rng": trainer.rng.state_dict(),
                            "global_step": trainer.global_step,
-                           "history": trainer.history}
+                           "history": trainer.history, "callbacks": callbacks}
+        loss_state = getattr(trainer.loss, "state_arrays", None)
+        if loss_state is not None:
+            tensors.update({_LOSS + k: _host(v) for k, v in loss_state().items()})
     blob = st_save(tensors, metadata={"xpdnn": json.dumps(meta)})
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -94,7 +108,7 @@ def load_checkpoint(path):
         net = layer_from_config(meta["architecture"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{path}: the architecture in the file is invalid ({exc})") from exc
-    weights = {k: v for k, v in tensors.items() if not k.startswith((_OPT, _PRE))}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(_EXTRAS)}
     if meta.get("preprocessing") is not None:
         from .preprocessing import transformer_from_state
         pre_arrays = {k[len(_PRE):]: v for k, v in tensors.items() if k.startswith(_PRE)}
@@ -113,6 +127,21 @@ def load_checkpoint(path):
     if hasattr(net, "fresh"):
         net.fresh = False
     return net, meta.get("optimizer"), opt_arrays, meta.get("trainer")
+
+
+def read_trainer_extras(path):
+    """({name: array} of a parameterized loss, {callback index: {name: array}}) in a checkpoint."""
+    _, tensors = _read(path)
+    loss = {k[len(_LOSS):]: v for k, v in tensors.items() if k.startswith(_LOSS)}
+    callbacks: dict = {}
+    for k, v in tensors.items():
+        if k.startswith(_CB):
+            i, name = k[len(_CB):].split("/", 1)
+            callbacks.setdefault(int(i), {})[name] = v
+    for k, v in loss.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise ValueError(f"{path}: tensor {_LOSS}{k} contains NaN or Inf")
+    return loss, callbacks
 
 
 def load(path):

@@ -26,6 +26,14 @@ class Callback:
 
     reads_gradients = True
 
+    def state_dict(self):
+        """(JSON-able dict, {name: array}) of what this callback has learned during training, which
+        a checkpoint keeps so a resumed run continues exactly; None for a stateless callback."""
+        return None
+
+    def load_state_dict(self, state: dict, arrays: dict) -> None:
+        raise NotImplementedError(f"{type(self).__name__} keeps no state")
+
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch): ...
     def on_batch_begin(self, trainer, step): ...
@@ -45,7 +53,16 @@ class EarlyStopping(Callback):
         self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
 
     def on_train_begin(self, trainer):
-        self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+        if trainer.epoch == 0:       # a fresh run; a resumed or continued one keeps its record
+            self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+
+    def state_dict(self):
+        return ({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
+                dict(self.best_state or {}))
+
+    def load_state_dict(self, state, arrays):
+        self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
+        self.best_state = {k: B.to_numpy(v).copy() for k, v in arrays.items()} or None
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.monitor not in logs:
@@ -381,13 +398,24 @@ class Trainer:
         save(self.net, path, trainer=self)
 
     def restore(self, path) -> None:
-        """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, RNG, epoch);
-        ``fit`` then continues from the saved epoch up to ``epochs``."""
-        from .io import load_checkpoint
+        """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, a loss's
+        parameters, RNG, epoch and the state of its callbacks); ``fit`` then continues from the
+        saved epoch up to ``epochs``."""
+        from .io import load_checkpoint, read_trainer_extras
         net, opt_meta, opt_arrays, trainer_meta = load_checkpoint(path)
+        loss_arrays, cb_arrays = read_trainer_extras(path)
         like = next(iter(self.net.state_arrays().values()), None)
         self.net.load_state_arrays(net.state_arrays())
         self.net.fresh = False
+        if isinstance(self.loss, Layer) and self.loss.params:
+            if not loss_arrays:
+                raise ValueError(f"{path}: the checkpoint has no parameters for the loss "
+                                 f"{type(self.loss).__name__}, which has some")
+            self.loss.load_state_arrays({k: B.from_numpy(v, like=like) if like is not None else v
+                                         for k, v in loss_arrays.items()})
+        elif loss_arrays:
+            raise ValueError(f"{path}: the checkpoint holds loss parameters ({sorted(loss_arrays)[:3]}...) but this "
+                             f"trainer's loss {type(self.loss).__name__} has none")
         if opt_meta is not None:
             self.optimizer.load_state_dict(opt_meta, opt_arrays, like=like)
         if trainer_meta is not None:
@@ -396,3 +424,16 @@ class Trainer:
             self.seed = int(trainer_meta["seed"])
             self.global_step = int(trainer_meta.get("global_step", 0))
             self.history = trainer_meta.get("history", {})
+            self._restore_callbacks(path, trainer_meta.get("callbacks", []), cb_arrays)
+
+    def _restore_callbacks(self, path, saved, arrays):
+        for i, entry in enumerate(saved):
+            if entry.get("state") is None:
+                continue
+            mine = self.callbacks[i] if i < len(self.callbacks) else None
+            if mine is None or type(mine).__name__ != entry["type"]:
+                raise ValueError(
+                    f"{path}: callback {i} in the checkpoint is a {entry['type']} with saved state, but this "
+                    f"trainer's callback {i} is {type(mine).__name__ if mine is not None else 'missing'}; "
+                    "pass the same callbacks, in the same order, to resume")
+            mine.load_state_dict(entry["state"], arrays.get(i, {}))

@@ -56,6 +56,14 @@ class Schedule(Callback):
         if self.lr0 is None:
             self.lr0 = float(trainer.optimizer.lr)
 
+    def state_dict(self):
+        # the base rate, taken from the optimizer when training began: a resumed run must not
+        # take the already-decayed rate in the checkpoint as its new base
+        return {"lr0": self.lr0}, {}
+
+    def load_state_dict(self, state, arrays):
+        self.lr0 = None if state.get("lr0") is None else float(state["lr0"])
+
     def on_epoch_begin(self, trainer, epoch):
         if self.per == "epoch":
             trainer.optimizer.lr = self.lr_at(epoch)
@@ -184,7 +192,15 @@ class ReduceLROnPlateau(Schedule):
 
     def on_train_begin(self, trainer):
         super().on_train_begin(trainer)
-        self.values = []
+        if trainer.epoch == 0:       # a fresh run; a resumed or continued one keeps its values
+            self.values = []
+
+    def state_dict(self):
+        return {"lr0": self.lr0, "values": list(self.values)}, {}
+
+    def load_state_dict(self, state, arrays):
+        super().load_state_dict(state, arrays)
+        self.values = [float(v) for v in state.get("values", [])]
 
     def on_epoch_begin(self, trainer, epoch):
         pass
