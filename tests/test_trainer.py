@@ -425,6 +425,11 @@ def test_resume_keeps_early_stopping_and_annealed_dropout_state(tmp_path, rng):
     full, resumed = _resume_equals_full(tmp_path, rng, make, val=True)
     assert resumed.callbacks[1].best == full.callbacks[1].best
     assert resumed.callbacks[1].best_epoch == full.callbacks[1].best_epoch
+    again = make(4)                               # the checkpoint (after epoch 2) holds the record
+    again.restore(tmp_path / "ckpt.xpd")
+    stop = again.callbacks[1]
+    assert stop.best_epoch in (0, 1) and np.isfinite(stop.best) and stop.best_state is not None
+    assert again.callbacks[0]._initial == [0.4]
 
 
 def test_resume_with_other_callbacks_is_an_error(tmp_path, rng):
