@@ -73,7 +73,7 @@ def launch_config(N: int, C: int, tname: str, z_ptr: int, ldz: int, g_ptr: int, 
 
 
 def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, reduction="mean",
-                 inplace=False, logits_dtype=None, check=True):
+                 inplace=False, logits_dtype=None, check=True, weight_sum=None):
     """Softmax cross-entropy of CuPy logits against integer labels, fused.
 
     Z: (N, C) CuPy array, float16 / float32 / float64, or bfloat16 (a ``bfloat16`` dtype, or
@@ -91,7 +91,9 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
     raises ValueError (each call reads one 8-byte word back from the device for that: one
     synchronisation).  Such rows never read outside the row: they count as ignored.  With
     ``check=False`` (the trainer, which validated every label before training) nothing is read
-    back: a bad label turns the loss into NaN on the device instead.
+    back: a bad label turns the loss into NaN on the device instead.  ``weight_sum`` is
+    ``sum(weight)`` (as the kernel's accumulation type rounds the weights) when the caller knows
+    it; otherwise it is read back from the device, one more synchronisation.
     """
     import cupy
 
@@ -135,7 +137,8 @@ def softmax_xent(Z, y, *, weight=None, ignore_index=None, label_smoothing=0.0, r
             w = cupy.ascontiguousarray(cupy.asarray(weight), dtype=acc)
             if w.shape != (C,):
                 raise ValueError(f"weight must have shape ({C},), got {tuple(w.shape)}")
-            has_w, wsum = 1, float(w.astype(cupy.float64).sum())
+            has_w = 1
+            wsum = float(w.astype(cupy.float64).sum()) if weight_sum is None else float(weight_sum)
         has_ignore = 0 if ignore_index is None else 1
         ign = np.int64(0 if ignore_index is None else int(ignore_index))
         den = cupy.empty(1, dtype=cupy.float64)

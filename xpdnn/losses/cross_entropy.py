@@ -162,7 +162,12 @@ class SoftmaxCrossEntropy(Loss):
             from ..kernels.softmax_xent import fused_available, softmax_xent
             if fused_available(Z):
                 acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
-                return softmax_xent(Z, targets, weight=None if self.weight is None else self.weights_like(Z, acc),
+                weight = wsum = None
+                if self.weight is not None:   # the sum from the host copy: no device read-back
+                    weight = self.weights_like(Z, acc)
+                    wsum = float(np.sum(self.weight.astype(np.float64 if acc == xp.float64 else np.float32),
+                                        dtype=np.float64))
+                return softmax_xent(Z, targets, weight=weight, weight_sum=wsum,
                                     ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
                                     reduction=self.reduction, inplace=self.inplace,
                                     check=not self.labels_prechecked)
