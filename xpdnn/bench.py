@@ -517,6 +517,52 @@ def time_epochs(peer: Peer, X_host, y_host, sizes, dropout, batch, cfg: Config) 
     return {"times_s": times, "first_epoch_loss": losses[0]}
 
 
+def time_epochs_interleaved(peers, X_host, y_host, sizes, dropout, batch, cfg: Config) -> dict:
+    """Like :func:`time_epochs` for several peers at once, their timed epochs interleaved: round
+    ``k`` runs one epoch of every peer, in an order rotated each round, so a machine whose speed
+    drifts (a shared VM) slows every peer alike and the per-round ratios stay comparable.
+    Returns ``{peer name: result dict or the exception it raised}``."""
+    runners, out = {}, {}
+    for peer in peers:
+        try:
+            runner = mlp_runner(peer, sizes, dropout, batch, cfg.seed)
+            X, y = runner.place(X_host, y_host)
+            n_warm = min(X_host.shape[0], 8 * batch)
+            sync = synchronizer(peer.lib, peer.device)
+            for _ in range(cfg.warmup):
+                runner.epoch(X[:n_warm, ...], y[:n_warm, ...])
+            sync()
+            runners[peer.name] = (runner, X, y, sync)
+            out[peer.name] = {"times_s": [], "first_epoch_loss": None}
+        except Exception as exc:     # a broken peer must not hide the others' numbers
+            out[peer.name] = exc
+    names = list(runners)
+    for k in range(cfg.repeat):
+        for name in names[k % len(names):] + names[:k % len(names)] if names else []:
+            if isinstance(out[name], Exception):
+                continue
+            runner, X, y, sync = runners[name]
+            try:
+                t0 = time.perf_counter()
+                loss = runner.epoch(X, y)
+                sync()
+                out[name]["times_s"].append(time.perf_counter() - t0)
+                if out[name]["first_epoch_loss"] is None:
+                    out[name]["first_epoch_loss"] = loss
+            except Exception as exc:
+                out[name] = exc
+    return out
+
+
+def paired_ratio(rec: dict, ref: dict):
+    """Median over rounds of ``ref time / rec time`` for two interleaved records (speed of
+    ``rec`` relative to ``ref`` with the machine's drift paired out), or None."""
+    if not (rec.get("interleaved") and ref.get("interleaved")):
+        return None
+    pairs = [b / a for a, b in zip(rec["times_s"], ref["times_s"]) if a > 0]
+    return statistics.median(pairs) if pairs else None
+
+
 # -- W2 / W3: single operations --------------------------------------------------------------------
 
 def softmax_ce_step(peer: Peer, Z, y):
@@ -770,17 +816,21 @@ def run_w1(r: Run):
     peers = r.peers("W1")
     roof = r.roofline(W1_BATCH, W1_SIZES, {p.device for p in peers})
     for variant, rate in (("no-dropout", 0.0), ("dropout", W1_DROPOUT)):
+        timed = [p for p in peers if not (p.kind == "sklearn" and rate)]
         for peer in peers:
-            if peer.kind == "sklearn" and rate:
+            if peer not in timed:
                 r.skip("W1 dropout", peer.name, "scikit-learn's MLPClassifier has no dropout")
-                continue
-            params = {"n_samples": n, "batch": W1_BATCH, "sizes": list(W1_SIZES), "dropout": rate,
-                      "lr": LR, "momentum": MOMENTUM, "dtype": "float32"}
-
-            def go(peer=peer, rate=rate, params=params, variant=variant):
-                t = time_epochs(peer, X, y, W1_SIZES, rate, W1_BATCH, cfg)
+        params = {"n_samples": n, "batch": W1_BATCH, "sizes": list(W1_SIZES), "dropout": rate,
+                  "lr": LR, "momentum": MOMENTUM, "dtype": "float32"}
+        _log(f"  W1 {variant}: {', '.join(p.name for p in timed)}, {cfg.repeat} interleaved rounds ...", r.quiet)
+        results = time_epochs_interleaved(timed, X, y, W1_SIZES, rate, W1_BATCH, cfg)
+        for peer in timed:
+            def go(peer=peer, params=params, variant=variant):
+                t = results[peer.name]
+                if isinstance(t, Exception):
+                    raise t
                 rec = _record("W1", variant, peer, t["times_s"], n, "samples/s", params,
-                              first_epoch_loss=t["first_epoch_loss"])
+                              first_epoch_loss=t["first_epoch_loss"], interleaved=True)
                 return r.with_roofline(rec, roof)
             rec = r.attempt("W1", variant, peer, go)
             if rec is not None and cfg.memory:
@@ -915,6 +965,9 @@ def ratios(results) -> dict:
         ref = by.get((w, v, "torch-cuda" if rec["device"] == "cuda" else "torch"))
         if ref is not None:
             out[f"{w} {v}: {p} / {ref['peer']} speed"] = rec["rate_median"] / ref["rate_median"]
+            paired = paired_ratio(rec, ref)
+            if paired is not None:
+                out[f"{w} {v}: {p} / {ref['peer']} speed, median of per-round ratios"] = paired
             if "peak_rss_mb" in rec and "peak_rss_mb" in ref:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
         if w in ("W1", "W4") and "roofline_fraction" in rec:
