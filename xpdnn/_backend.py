@@ -119,6 +119,22 @@ def check_floating(X, what="X"):
         raise TypeError(f"{what} must be a floating-point array, got dtype {dtype_name(X.dtype)}")
 
 
+def add_at_labels(G, y, delta):
+    """``G[i, y[i]] += delta[i]`` for every row i of G (N, C), in place where the library
+    allows, and returns G.  ``y`` (N,) must hold valid column indices.  NumPy, CuPy and PyTorch
+    index with (rows, y); other libraries use the standard's boolean-mask assignment (one True
+    per row, so the values land in row order)."""
+    xp = namespace(G)
+    N, C = G.shape
+    if is_numpy(G) or is_cupy(G) or is_torch(G):
+        rows = xp.arange(N, device=device(G))
+        G[rows, y] += delta
+        return G
+    hot = xp.arange(C, device=device(G))[None, :] == y[:, None]
+    G[hot] = xp.take_along_axis(G, y[:, None], axis=1)[:, 0] + delta
+    return G
+
+
 def check_finite(X, what="X"):
     xp = namespace(X)
     if not bool(xp.all(xp.isfinite(X))):

@@ -193,36 +193,52 @@ class SoftmaxCrossEntropy(Loss):
         return xp.asarray(total * scale), G * scale
 
     def _labels(self, xp, Z, y):
+        """Integer labels, portable: two N x C arrays in all (the shifted logits, then their
+        exponentials, which become the gradient in place) and a label scatter, so no one-hot
+        matrix and no log-probability matrix are built."""
         N, C = Z.shape
         eps = self.label_smoothing
         y = xp.astype(y, xp.int64)
-        valid = xp.ones(y.shape, dtype=xp.bool, device=B.device(Z))
         if self.ignore_index is not None:
             valid = y != self.ignore_index
-        y_safe = xp.where(valid, y, xp.zeros_like(y))
-        mask = xp.astype(valid, Z.dtype)
-        logP = log_softmax(Z)
-        P = xp.exp(logP)
-        nll = -xp.take_along_axis(logP, y_safe[:, None], axis=1)[:, 0]
+            y_safe = xp.where(valid, y, xp.zeros_like(y))
+            mask = xp.astype(valid, Z.dtype)
+        else:
+            y_safe, mask = y, xp.ones(y.shape, dtype=Z.dtype, device=B.device(Z))
+        S = Z - xp.max(Z, axis=1, keepdims=True)            # shifted logits, <= 0
+        s_y = xp.take_along_axis(S, y_safe[:, None], axis=1)[:, 0]
+        E = xp.exp(S)
+        s = xp.sum(E, axis=1)
+        lse = xp.log(s)                                      # log p_c = S_c - lse
         if self.weight is None:
-            w_y = mask
-            smooth = -xp.sum(logP, axis=1)
-            w_all, W = None, float(C)
+            w_all, w_y, W = None, mask, float(C)
         else:
             w_all = self.weights_like(Z)
             w_y = xp.take(w_all, y_safe, axis=0) * mask
-            smooth = -xp.sum(logP * w_all[None, :], axis=1)
             W = float(np.sum(self.weight))
-        losses = (1.0 - eps) * w_y * nll + (eps / C) * smooth * mask
-        # t = (1 - eps) w_y onehot(y) + (eps / C) w;  dl/dZ = P * sum(t) - t
-        T = (1.0 - eps) * w_y + (eps * W / C) * mask
-        target = ((1.0 - eps) * w_y)[:, None] * one_hot(y_safe, C, Z.dtype)
-        if eps > 0:
-            smooth_t = xp.ones_like(Z) if w_all is None else xp.broadcast_to(w_all[None, :], Z.shape)
-            target = target + (eps / C) * mask[:, None] * smooth_t
-        G = P * T[:, None] - target
+        losses = (1.0 - eps) * w_y * (lse - s_y)
+        if eps > 0:                                          # -sum_c w_c log p_c
+            wS = xp.sum(S, axis=1) if w_all is None else xp.sum(S * w_all[None, :], axis=1)
+            losses = losses + (eps / C) * (W * lse - wS) * mask
+        del S
+        # t = (1 - eps) w_y onehot(y) + (eps / C) w;  dl/dZ = (softmax(Z) sum(t) - t) * scale
         den = xp.sum(w_y)
-        return self._reduce(xp, Z, losses, G, den)
+        if self.reduction == "mean":
+            ok = den > 0
+            scale = xp.where(ok, 1.0 / xp.where(ok, den, xp.ones_like(den)), xp.zeros_like(den))
+        else:
+            scale = xp.ones((), dtype=Z.dtype, device=B.device(Z))
+        T = (1.0 - eps) * w_y + (eps * W / C) * mask
+        G = E
+        G *= (T * scale / s)[:, None]
+        if eps > 0:
+            smooth_t = ((eps / C) * mask * scale)[:, None]
+            G -= smooth_t if w_all is None else smooth_t * w_all[None, :]
+        G = B.add_at_labels(G, y_safe, -(1.0 - eps) * w_y * scale)
+        if self.reduction == "none":
+            return losses, G
+        total = xp.sum(losses)
+        return xp.asarray(total if self.reduction == "sum" else total * scale), G
 
     def _soft(self, xp, Z, Q):
         N, C = Z.shape
