@@ -455,3 +455,18 @@ def test_resume_with_a_parameterized_loss(tmp_path, rng):
     plain = _trainer(xd.Sequential(xd.Linear(5, 16), xd.ReLU()), epochs=2)
     with pytest.raises(ValueError, match="loss parameters"):
         plain.restore(tmp_path / "ckpt.xpd")
+
+
+def test_check_finite_catches_bad_values_and_allows_sums_that_overflow(backend):
+    big = np.full((4, 3), 3e38, dtype=np.float32)          # finite, but the sum overflows
+    B.check_finite(backend.asarray(big))
+    for bad in (np.nan, np.inf, -np.inf):
+        X = np.zeros((4, 3), dtype=np.float32)
+        X[2, 1] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            B.check_finite(backend.asarray(X), "X")
+    X = big.copy()
+    X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        B.check_finite(backend.asarray(X))
+    B.check_finite(backend.asarray(np.arange(5)))             # integers are always finite
