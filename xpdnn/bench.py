@@ -372,6 +372,32 @@ def gemm_roofline(batch: int, sizes, lib: str = "numpy", device: str = "cpu", *,
             "samples_per_s": batch / best}
 
 
+class GemmEpoch:
+    """The roofline as a pseudo-peer: ``epoch(X, y)`` runs, for every batch of an epoch over X,
+    exactly the GEMMs of one training step (:func:`gemm_step_shapes`) on fixed operands, so it
+    can be timed in the same interleaved rounds as the real peers."""
+
+    def __init__(self, sizes, batch: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.batch = batch
+        self.mats = [(rng.standard_normal((batch, n_in), dtype=np.float32),
+                      rng.standard_normal((n_out, n_in), dtype=np.float32),
+                      rng.standard_normal((batch, n_out), dtype=np.float32))
+                     for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+    def place(self, X, y):
+        return X, y
+
+    def epoch(self, X, y) -> float:
+        for _ in range(-(-X.shape[0] // self.batch)):
+            for i, (A, W, dY) in enumerate(self.mats):
+                A @ W.T
+                dY.T @ A
+                if i:
+                    dY @ W
+        return float("nan")
+
+
 # -- W1 / W4 / S: one training epoch ---------------------------------------------------------------
 
 def build_xpdnn_mlp(sizes, dropout: float = 0.0, seed: int = 0):
@@ -517,15 +543,20 @@ def time_epochs(peer: Peer, X_host, y_host, sizes, dropout, batch, cfg: Config) 
     return {"times_s": times, "first_epoch_loss": losses[0]}
 
 
-def time_epochs_interleaved(peers, X_host, y_host, sizes, dropout, batch, cfg: Config) -> dict:
+GEMM_PEER = Peer("gemm-roofline", "gemm", "numpy", "cpu")
+
+
+def time_epochs_interleaved(peers, X_host, y_host, sizes, dropout, batch, cfg: Config, gemm: bool = False) -> dict:
     """Like :func:`time_epochs` for several peers at once, their timed epochs interleaved: round
     ``k`` runs one epoch of every peer, in an order rotated each round, so a machine whose speed
     drifts (a shared VM) slows every peer alike and the per-round ratios stay comparable.
+    With ``gemm`` a :class:`GemmEpoch` (NumPy) runs in every round too, as ``"gemm-roofline"``.
     Returns ``{peer name: result dict or the exception it raised}``."""
     runners, out = {}, {}
-    for peer in peers:
+    for peer in list(peers) + ([GEMM_PEER] if gemm else []):
         try:
-            runner = mlp_runner(peer, sizes, dropout, batch, cfg.seed)
+            runner = (GemmEpoch(sizes, batch, cfg.seed) if peer is GEMM_PEER
+                      else mlp_runner(peer, sizes, dropout, batch, cfg.seed))
             X, y = runner.place(X_host, y_host)
             n_warm = min(X_host.shape[0], 8 * batch)
             sync = synchronizer(peer.lib, peer.device)
@@ -552,6 +583,13 @@ def time_epochs_interleaved(peers, X_host, y_host, sizes, dropout, batch, cfg: C
             except Exception as exc:
                 out[name] = exc
     return out
+
+
+def paired_roofline(times, gemm_times):
+    """Median over rounds of ``GEMM-only epoch time / peer epoch time``: the roofline fraction
+    with both measured in the same round."""
+    pairs = [g / t for t, g in zip(times, gemm_times) if t > 0]
+    return statistics.median(pairs) if pairs else None
 
 
 def paired_ratio(rec: dict, ref: dict):
@@ -823,7 +861,13 @@ def run_w1(r: Run):
         params = {"n_samples": n, "batch": W1_BATCH, "sizes": list(W1_SIZES), "dropout": rate,
                   "lr": LR, "momentum": MOMENTUM, "dtype": "float32"}
         _log(f"  W1 {variant}: {', '.join(p.name for p in timed)}, {cfg.repeat} interleaved rounds ...", r.quiet)
-        results = time_epochs_interleaved(timed, X, y, W1_SIZES, rate, W1_BATCH, cfg)
+        gemm = any(p.device == "cpu" for p in timed)
+        results = time_epochs_interleaved(timed, X, y, W1_SIZES, rate, W1_BATCH, cfg, gemm=gemm)
+        gemm_times = results.get(GEMM_PEER.name)
+        if isinstance(gemm_times, Exception):
+            r.errors.append({"workload": "W1", "variant": variant, "peer": GEMM_PEER.name,
+                             "error": f"{type(gemm_times).__name__}: {gemm_times}"})
+            gemm_times = None
         for peer in timed:
             def go(peer=peer, params=params, variant=variant):
                 t = results[peer.name]
@@ -831,6 +875,9 @@ def run_w1(r: Run):
                     raise t
                 rec = _record("W1", variant, peer, t["times_s"], n, "samples/s", params,
                               first_epoch_loss=t["first_epoch_loss"], interleaved=True)
+                if peer.device == "cpu" and gemm_times is not None:
+                    rec["gemm_epoch_times_s"] = gemm_times["times_s"]
+                    rec["roofline_fraction_paired"] = paired_roofline(t["times_s"], gemm_times["times_s"])
                 return r.with_roofline(rec, roof)
             rec = r.attempt("W1", variant, peer, go)
             if rec is not None and cfg.memory:
@@ -972,6 +1019,9 @@ def ratios(results) -> dict:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
         if w in ("W1", "W4") and "roofline_fraction" in rec:
             out[f"{w} {v}: {p} fraction of GEMM roofline"] = rec["roofline_fraction"]
+        if rec.get("roofline_fraction_paired") is not None:
+            out[f"{w} {v}: {p} fraction of GEMM roofline, median of per-round fractions"] = \
+                rec["roofline_fraction_paired"]
     return out
 
 
@@ -1069,7 +1119,7 @@ def format_report(report: dict) -> str:
     for r in res:
         ref = by.get((r["workload"], r["variant"], "torch-cuda" if r["device"] == "cuda" else "torch"))
         vs = f"{r['rate_median'] / ref['rate_median']:.2f}" if ref else ""
-        roof = f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+        roof = _roof_cell(r)
         rss = f"{r['peak_rss_mb']:.0f} (+{r['train_rss_mb']:.0f})" if "peak_rss_mb" in r else ""
         per = f"{r['us_per_sample']:.1f}" if "us_per_sample" in r else ""
         rows.append((f"{r['workload']} {r['variant']}", r["peer"], f"{r['median_s'] * 1e3:.1f}",
@@ -1093,6 +1143,14 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _roof_cell(r) -> str:
+    """The roofline column: the per-round (paired) fraction where the run measured one, marked
+    "p", else the fraction against the best separately measured roofline."""
+    if r.get("roofline_fraction_paired") is not None:
+        return f"{100 * r['roofline_fraction_paired']:.0f}% p"
+    return f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+
+
 def format_markdown(report: dict) -> str:
     """The report's machine line, results table and ratios as Markdown (for bench/README.md)."""
     m, c = report["machine"], report["config"]
@@ -1111,7 +1169,7 @@ def format_markdown(report: dict) -> str:
     for r in report["results"]:
         ref = by.get((r["workload"], r["variant"], "torch-cuda" if r["device"] == "cuda" else "torch"))
         vs = f"{r['rate_median'] / ref['rate_median']:.2f}" if ref else ""
-        roof = f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+        roof = _roof_cell(r)
         rss = f"{r['peak_rss_mb']:.0f} (+{r['train_rss_mb']:.0f})" if "peak_rss_mb" in r else ""
         lines.append(f"| {r['workload']} {r['variant']} | {r['peer']} | {r['median_s'] * 1e3:.1f} | "
                      f"{r['min_s'] * 1e3:.1f} | {_si(r['rate_median'])} {r['unit']} | {vs} | {roof} | {rss} |")
