@@ -60,6 +60,10 @@ def test_report_structure(backend, tmp_path, capsys):
             assert r["roofline_fraction"] == pytest.approx(r["rate_median"] / best)
             # ten balanced-ish classes: one epoch's mean loss starts near ln(10)
             assert 0.5 < r["first_epoch_loss"] < 5.0
+            assert r["interleaved"] and len(r["gemm_epoch_times_s"]) == 2
+            fractions = [g / t for g, t in zip(r["gemm_epoch_times_s"], r["times_s"])]
+            assert r["roofline_fraction_paired"] == pytest.approx(sorted(fractions)[0] / 2 + sorted(fractions)[1] / 2)
+            assert 0 < r["roofline_fraction_paired"] < 2
     w2 = next(r for r in report["results"] if r["workload"] == "W2")
     assert w2["work"] == w2["params"]["N"] * 32768
     w3 = next(r for r in report["results"] if r["workload"] == "W3")
@@ -75,6 +79,19 @@ def test_ratios_against_torch():
     key = next(k for k in report["ratios"] if k.startswith("W3") and "xpdnn-numpy / torch speed" in k)
     assert report["ratios"][key] == pytest.approx(recs["xpdnn-numpy"]["rate_median"] / recs["torch"]["rate_median"])
     assert "vs torch" in bench.format_report(report)
+
+
+def test_interleaved_rounds_pair_the_peers():
+    pytest.importorskip("torch")
+    cfg = bench.Config(scale=0.005, repeat=3, warmup=0, threads=1, only=("W1",),
+                       peers=("xpdnn-numpy", "torch"), memory=False, gpu=False)
+    report = bench.run(cfg, quiet=True)
+    assert report["errors"] == []
+    recs = {(r["variant"], r["peer"]): r for r in report["results"]}
+    a, b = recs[("no-dropout", "xpdnn-numpy")], recs[("no-dropout", "torch")]
+    per_round = sorted(tb / ta for ta, tb in zip(a["times_s"], b["times_s"]))
+    key = "W1 no-dropout: xpdnn-numpy / torch speed, median of per-round ratios"
+    assert report["ratios"][key] == pytest.approx(per_round[1])
 
 
 def test_torch_and_sklearn_peers_train_the_same_network():
