@@ -115,6 +115,17 @@ if [ "$BENCH" != "off" ]; then
         tail -n 60 "$work/xbench.log" >>"$results"
         echo "exit status: $rc" >>"$results"
         [ -s "$work/xbench.json" ] && { echo "-- xpdnn.bench json --"; cat "$work/xbench.json"; } >>"$results"
+
+        # the GPU targets of the kernels' issue, always at full size: softmax cross-entropy
+        # N=16384 x C=32768 and dropout on 2^28 elements (bandwidth fractions, peak extra
+        # device memory, speed against PyTorch), and W4
+        section "GPU targets (python -m xpdnn.bench --only W2,W3,W4, full size, GPU peers)"
+        "$PY" -m xpdnn.bench --only W2,W3,W4 --peers xpdnn-cupy,torch-cuda,xpdnn-torch-cuda --repeat 20 \
+            --no-memory --json "$work/targets.json" >"$work/targets.log" 2>&1
+        rc=$?
+        tail -n 60 "$work/targets.log" >>"$results"
+        echo "exit status: $rc" >>"$results"
+        [ -s "$work/targets.json" ] && { echo "-- targets json --"; cat "$work/targets.json"; } >>"$results"
     fi
 fi
 

@@ -147,3 +147,31 @@ def test_plot_without_matplotlib_says_so(monkeypatch, capsys, tmp_path):
     assert bench.plot(report, str(tmp_path / "chart.png")) is False
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "chart.png").exists()
+
+
+def test_minimal_traffic_and_bandwidth_formula():
+    # H100 SXM: 2619 MHz HBM3 on a 5120-bit bus is NVIDIA's 3.35 TB/s
+    assert bench.peak_bandwidth(2_619_000, 5120) == pytest.approx(3.352e12, rel=1e-3)
+    report = bench.run(bench.Config(scale=0.005, repeat=1, warmup=0, threads=1, only=("W2", "W3"),
+                                    peers=("xpdnn-numpy",), memory=False, gpu=False), quiet=True)
+    recs = {r["workload"]: r for r in report["results"]}
+    N, C = recs["W2"]["params"]["N"], recs["W2"]["params"]["C"]
+    assert recs["W2"]["min_bytes"] == 8 * N * C
+    assert recs["W3"]["min_bytes"] == 16 * math.prod(recs["W3"]["params"]["shape"])
+    for r in recs.values():
+        assert r["bytes_per_s"] == pytest.approx(r["min_bytes"] / r["median_s"])
+        assert "extra_memory_bytes" not in r                  # device figures only on a GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not bench.peer_available(bench.PEERS["xpdnn-cupy"])[0], reason="needs a CUDA device (CuPy)")
+def test_gpu_bandwidth_and_step_memory():
+    import cupy
+
+    bw = bench.gpu_bandwidth("cupy")
+    assert 1e11 < bw["copy_bytes_per_s"] < 2 * bw["peak_bytes_per_s"]
+    n = 1 << 20
+    X = cupy.ones(n, dtype=cupy.float32)
+    peer = bench.PEERS["xpdnn-cupy"]
+    assert bench.gpu_step_memory(peer, lambda: X * 2) >= 4 * n                # the output counts
+    assert bench.gpu_step_memory(peer, lambda: (X * 2 + 1) * 3) >= 4 * n

@@ -647,6 +647,106 @@ def dropout_step(peer: Peer, X, dY, rate: float = 0.2, seed: int = 0):
     return step
 
 
+# -- GPU memory bandwidth and allocation peaks (W2 / W3 targets) -----------------------------------
+
+def peak_bandwidth(memory_clock_khz: float, bus_width_bits: float) -> float:
+    """Theoretical DRAM bandwidth in bytes/s: two transfers per memory clock (DDR / HBM) over
+    the whole bus, as NVIDIA's data sheets count it (H100 SXM: 2619 MHz x 5120 bit = 3.35 TB/s)."""
+    return 2.0 * memory_clock_khz * 1e3 * bus_width_bits / 8.0
+
+
+def gpu_bandwidth(lib: str) -> dict:
+    """The current CUDA device's memory bandwidth: the data-sheet peak from its attributes and
+    a measured device-to-device copy of 1 GiB (bytes read + bytes written per second, best of 5)."""
+    out = {}
+    nbytes = 1 << 30
+    if lib == "cupy":
+        import cupy
+
+        rt = cupy.cuda.runtime
+        dev = cupy.cuda.Device().id
+        clock = rt.deviceGetAttribute(rt.cudaDevAttrMemoryClockRate, dev)
+        bus = rt.deviceGetAttribute(rt.cudaDevAttrGlobalMemoryBusWidth, dev)
+        out.update(memory_clock_khz=clock, bus_width_bits=bus, peak_bytes_per_s=peak_bandwidth(clock, bus))
+        a = cupy.ones(nbytes // 4, dtype=cupy.float32)
+        b = cupy.empty_like(a)
+
+        def copy():
+            b[...] = a
+    else:
+        import torch
+
+        a = torch.ones(nbytes // 4, dtype=torch.float32, device="cuda")
+        b = torch.empty_like(a)
+
+        def copy():
+            b.copy_(a)
+    times = measure(copy, warmup=2, repeat=5, sync=synchronizer(lib, "cuda"))
+    out["copy_bytes_per_s"] = 2 * nbytes / min(times)
+    return out
+
+
+def gpu_step_memory(peer: Peer, step) -> int:
+    """Peak bytes the device allocator hands out during one call of ``step`` beyond what was
+    allocated before it; the step's outputs (the gradient) count, as they stay allocated."""
+    if peer.lib == "cupy":
+        import cupy
+
+        class PeakHook(cupy.cuda.MemoryHook):
+            name = "xpdnn-bench-peak"
+
+            def __init__(self):
+                self.now = self.peak = 0
+
+            def malloc_postprocess(self, **kw):
+                self.now += kw["mem_size"]
+                self.peak = max(self.peak, self.now)
+
+            def free_postprocess(self, **kw):
+                self.now -= kw["mem_size"]
+
+        hook = PeakHook()
+        with hook:
+            out = step()
+            cupy.cuda.Device().synchronize()
+        del out
+        return int(hook.peak)
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = step()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return int(peak)
+
+
+def with_traffic(r: "Run", rec: dict, peer: Peer, min_bytes: int, step, output_bytes: int) -> dict:
+    """Add the minimal-traffic bandwidth to a W2/W3 record and, on a GPU, the fractions of the
+    device's bandwidth and the step's peak extra allocation (measurement failures are noted in
+    the record, never lose the timing)."""
+    rec["min_bytes"] = int(min_bytes)
+    rec["bytes_per_s"] = min_bytes / rec["median_s"]
+    if peer.device != "cuda":
+        return rec
+    try:
+        bw = r.gpu_bandwidth(peer.lib)
+        rec["device_bandwidth"] = bw
+        if "peak_bytes_per_s" in bw:
+            rec["bandwidth_fraction_peak"] = rec["bytes_per_s"] / bw["peak_bytes_per_s"]
+        rec["bandwidth_fraction_copy"] = rec["bytes_per_s"] / bw["copy_bytes_per_s"]
+    except Exception as exc:
+        rec["device_bandwidth_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        rec["extra_memory_bytes"] = gpu_step_memory(peer, step)
+        rec["extra_memory_vs_output"] = rec["extra_memory_bytes"] / output_bytes
+    except Exception as exc:
+        rec["extra_memory_error"] = f"{type(exc).__name__}: {exc}"
+    return rec
+
+
 # -- peak memory (subprocess) ------------------------------------------------------------------------
 
 def peak_rss_mb() -> float:
@@ -782,6 +882,12 @@ class Run:
             out.append(peer)
         return out
 
+    def gpu_bandwidth(self, lib: str) -> dict:
+        cache = self.__dict__.setdefault("_bandwidth", {})
+        if lib not in cache:
+            cache[lib] = gpu_bandwidth(lib)
+        return cache[lib]
+
     def skip(self, workload, peer, reason):
         if not any(s["workload"] == workload and s["peer"] == peer for s in self.skipped):
             self.skipped.append({"workload": workload, "peer": peer, "reason": reason})
@@ -904,8 +1010,10 @@ def run_w2(r: Run):
                 step = softmax_ce_step(peer, Z, y)
                 times = measure(step, warmup=cfg.warmup, repeat=cfg.repeat,
                                 sync=synchronizer(peer.lib, peer.device))
-                return _record("W2", f"N={N},C={W2_CLASSES}", peer, times, N * W2_CLASSES, "logits/s",
-                               {"N": N, "C": W2_CLASSES, "dtype": "float32"})
+                rec = _record("W2", f"N={N},C={W2_CLASSES}", peer, times, N * W2_CLASSES, "logits/s",
+                              {"N": N, "C": W2_CLASSES, "dtype": "float32"})
+                # minimal traffic: the logits read once, the gradient written once
+                return with_traffic(r, rec, peer, 2 * 4 * N * W2_CLASSES, step, 4 * N * W2_CLASSES)
             r.attempt("W2", device, peer, go)
 
 
@@ -927,8 +1035,10 @@ def run_w3(r: Run):
                 step = dropout_step(peer, X, dY, W1_DROPOUT, cfg.seed)
                 times = measure(step, warmup=cfg.warmup, repeat=cfg.repeat,
                                 sync=synchronizer(peer.lib, peer.device))
-                return _record("W3", f"{rows}x{cols}", peer, times, rows * cols, "elements/s",
-                               {"shape": [rows, cols], "rate": W1_DROPOUT, "dtype": "float32"})
+                rec = _record("W3", f"{rows}x{cols}", peer, times, rows * cols, "elements/s",
+                              {"shape": [rows, cols], "rate": W1_DROPOUT, "dtype": "float32"})
+                # minimal traffic: forward reads X, writes Y; backward reads dY, writes dX
+                return with_traffic(r, rec, peer, 4 * 4 * rows * cols, step, 2 * 4 * rows * cols)
             r.attempt("W3", device, peer, go)
 
 
@@ -1019,6 +1129,15 @@ def ratios(results) -> dict:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
         if w in ("W1", "W4") and "roofline_fraction" in rec:
             out[f"{w} {v}: {p} fraction of GEMM roofline"] = rec["roofline_fraction"]
+        for field, what in (("bandwidth_fraction_peak", "fraction of the data-sheet memory bandwidth"),
+                            ("bandwidth_fraction_copy", "fraction of the measured copy bandwidth")):
+            if field in rec:
+                out[f"{w} {v}: {p} {what}"] = rec[field]
+        if "extra_memory_bytes" in rec:
+            out[f"{w} {v}: {p} peak extra device memory, MiB"] = rec["extra_memory_bytes"] / 2**20
+            if ref is not None and ref.get("extra_memory_bytes"):
+                out[f"{w} {v}: {p} / {ref['peer']} peak extra device memory"] = \
+                    rec["extra_memory_bytes"] / ref["extra_memory_bytes"]
         if rec.get("roofline_fraction_paired") is not None:
             out[f"{w} {v}: {p} fraction of GEMM roofline, median of per-round fractions"] = \
                 rec["roofline_fraction_paired"]
