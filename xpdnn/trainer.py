@@ -200,6 +200,7 @@ class Trainer:
                 self.loss.labels_prechecked = prechecked
             if fused:
                 net.attach_fused_step(None)
+                self.optimizer.__dict__.pop("_fused_done", None)   # a step cut short by an error
 
     def _fuses(self) -> bool:
         """Whether this fit may run the optimizer inside backprop (``fused_step``): asked for or
