@@ -1129,10 +1129,10 @@ def ratios(results) -> dict:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
         if w in ("W1", "W4") and "roofline_fraction" in rec:
             out[f"{w} {v}: {p} fraction of GEMM roofline"] = rec["roofline_fraction"]
-        for field, what in (("bandwidth_fraction_peak", "fraction of the data-sheet memory bandwidth"),
-                            ("bandwidth_fraction_copy", "fraction of the measured copy bandwidth")):
-            if field in rec:
-                out[f"{w} {v}: {p} {what}"] = rec[field]
+        for key, what in (("bandwidth_fraction_peak", "fraction of the data-sheet memory bandwidth"),
+                          ("bandwidth_fraction_copy", "fraction of the measured copy bandwidth")):
+            if key in rec:
+                out[f"{w} {v}: {p} {what}"] = rec[key]
         if "extra_memory_bytes" in rec:
             out[f"{w} {v}: {p} peak extra device memory, MiB"] = rec["extra_memory_bytes"] / 2**20
             if ref is not None and ref.get("extra_memory_bytes"):
