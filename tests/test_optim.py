@@ -334,3 +334,29 @@ def test_bad_schedules_raise(make):
 def test_lr_at_without_lr0_raises():
     with pytest.raises(ValueError, match="lr0"):
         StepDecay(step_size=2).lr_at(3)
+
+
+@pytest.mark.parametrize("case", ["adam", "adam-wd", "adam-amsgrad", "adam-amsgrad-wd", "adam-eps", "adamw-wd",
+                                  "adamw-amsgrad"])
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-6)])
+def test_numpy_adam_fast_path_equals_portable(case, dtype, rtol, monkeypatch):
+    """The in-place NumPy Adam (xpdnn.kernels.cpu.adam_step_) against the portable update."""
+    import xpdnn.optim.adaptive as adaptive
+
+    cls, _, kwargs = CASES[case]
+    from conftest import Backend
+
+    numpy_backend = Backend("numpy")
+    grads = gradient_sequence(make_net(numpy_backend), steps=12)
+    grads = [{k: g.astype(dtype) for k, g in step.items()} for step in grads]
+    calls = []
+    real = adaptive.cpu.adam_step_
+    monkeypatch.setattr(adaptive.cpu, "adam_step_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = run_ours(make_net(numpy_backend).astype(dtype), cls(**kwargs), grads, numpy_backend)
+    assert calls
+    monkeypatch.setattr(adaptive.cpu, "handles", lambda *a: False)
+    portable = run_ours(make_net(numpy_backend).astype(dtype), cls(**kwargs), grads, numpy_backend)
+    for t, (a, b) in enumerate(zip(fast, portable)):
+        for k in a:
+            assert a[k].dtype == np.dtype(dtype)
+            np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol * 1e-3, err_msg=f"step {t + 1} {k}")

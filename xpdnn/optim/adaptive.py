@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
+from ..kernels import cpu
 from .base import Optimizer
 
 
@@ -138,6 +139,10 @@ class Adam(Optimizer):
                 g = dW + self.weight_decay * W
         names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
         slots = _slots(self, key, W, names)
+        if cpu.handles(W, g, *slots.values()):
+            return cpu.adam_step_(W, g, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq"),
+                                  lr=self.lr, b1=b1, b2=b2, eps=self.eps, t=t, scratch=self._scratch(key, W),
+                                  scratch2=self._scratch(key + "#2", W))
         m = slots["exp_avg"] = b1 * slots["exp_avg"] + (1.0 - b1) * g
         v = slots["exp_avg_sq"] = b2 * slots["exp_avg_sq"] + (1.0 - b2) * (g * g)
         if self.amsgrad:
