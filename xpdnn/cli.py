@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -123,7 +124,15 @@ def cmd_info(args) -> int:
     from xpdnn import devices
 
     print(f"xpdnn {xpdnn.__version__}, Python {platform.python_version()} on {platform.machine()}")
-    print(f"numpy {np.__version__}  (BLAS: {_blas_name(np)})")
+    from xpdnn.kernels import cpu
+
+    if cpu._cblas() is not None:
+        fast = "on"
+    elif os.environ.get("XPDNN_NO_BLAS_FASTPATH"):
+        fast = "off (XPDNN_NO_BLAS_FASTPATH is set)"
+    else:
+        fast = "off (this NumPy does not bundle scipy-openblas; plain NumPy is used)"
+    print(f"numpy {np.__version__}  (BLAS: {_blas_name(np)}; fused SGD step / BLAS fast path: {fast})")
     ok, why = devices.cuda_available()
     try:
         import cupy
