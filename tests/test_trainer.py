@@ -470,3 +470,42 @@ def test_check_finite_catches_bad_values_and_allows_sums_that_overflow(backend):
     with pytest.raises(ValueError, match="NaN or Inf"):
         B.check_finite(backend.asarray(X))
     B.check_finite(backend.asarray(np.arange(5)))             # integers are always finite
+
+
+@pytest.mark.parametrize("device", ["torch", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_streaming_batches_to_the_device_trains_identically(device, rng, monkeypatch):
+    """Host data that does not fit goes to the device batch by batch; the run is the same."""
+    if device == "torch":
+        pytest.importorskip("torch")
+    elif not __import__("xpdnn.devices", fromlist=["x"]).cuda_available()[0]:
+        pytest.skip("needs a CUDA device (CuPy)")
+    X, y = _blobs(rng)
+    runs = {}
+    for mode in (False, True, "auto-small"):
+        if mode == "auto-small":                     # the device reports too little free memory
+            import xpdnn.devices as devices
+            monkeypatch.setattr(devices, "free_bytes", lambda d: X.nbytes)
+        placed = []
+        tr = _trainer(_net(), epochs=2, device=device, stream_to_device=None if mode == "auto-small" else mode,
+                      callbacks=[type("Spy", (xd.Callback,), {"reads_gradients": False})()])
+        real = tr._place
+        tr._place = lambda *a: placed.append(a[0].shape[0]) or real(*a)
+        runs[mode] = tr.fit(X, y, validation=(X[:30], y[:30]))
+        streamed = tr._streaming
+        assert streamed == (mode is not False)
+        # whole arrays moved once, or one move per batch (and per validation batch)
+        assert (placed[:2] == [120, 30]) if not streamed else (placed.count(16) >= 14)
+        assert B.namespace(tr.net.layers[0].params["W"]) is B.namespace(real(X[:1], y[:1])[0])
+    for mode in (True, "auto-small"):
+        assert runs[mode]["loss"] == runs[False]["loss"]
+        assert runs[mode]["val_loss"] == runs[False]["val_loss"]
+
+
+def test_evaluate_moves_host_data_to_the_device(rng):
+    pytest.importorskip("torch")
+    X, y = _blobs(rng)
+    tr = _trainer(_net(), epochs=1, device="torch")
+    tr.fit(X, y)
+    on_host = tr.evaluate(X, y)                       # NumPy data, net on torch tensors
+    on_device = tr.evaluate(*tr._place(X, y))
+    assert on_host == pytest.approx(on_device, rel=1e-12)

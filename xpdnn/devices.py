@@ -48,6 +48,18 @@ def resolve(backend: str) -> tuple[str, str]:
     return backend, f"backend: {backend}"
 
 
+def free_bytes(device: str):
+    """Free memory in bytes on ``device`` ('cuda'/'cupy': the CUDA device's free memory plus what
+    CuPy's pool holds unused), or None where xpdnn sets no limit (host backends)."""
+    if device in ("cupy", "cuda"):
+        ok, _ = cuda_available()
+        if not ok:
+            return None
+        import cupy
+        return int(cupy.cuda.runtime.memGetInfo()[0]) + int(cupy.get_default_memory_pool().free_bytes())
+    return None
+
+
 def put(a, backend: str):
     """Copy array ``a`` into ``backend`` ('numpy', 'cupy'/'cuda', 'torch', 'array_api_strict')."""
     host = B.to_numpy(a)

@@ -102,6 +102,10 @@ class Trainer:
     back to check for NaN/Inf (default: every step on the CPU, every 32 steps on a GPU, with a
     rollback snapshot); ``drop_last`` skips the last, shorter batch (BatchNorm needs >= 2 rows).
 
+    With ``device`` set, host data goes to the device whole when it fits (less than half the
+    device's free memory), else batch by batch as it is needed; ``stream_to_device`` (True /
+    False) overrides that choice.  Either way the batches and the result are the same.
+
     ``fused_step`` (default None: automatic) lets the optimizer update a Linear layer's weights
     inside backprop on NumPy, where SGD folds momentum into the weight-gradient GEMM
     (``v = momentum * v + dY.T @ X`` in one BLAS call) and never stores that gradient.  The
@@ -113,7 +117,8 @@ class Trainer:
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
                  seed: int = 0, callbacks=(), progress: bool = True, device=None,
                  regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
-                 drop_last: bool = False, fused_step: bool | None = None):
+                 drop_last: bool = False, fused_step: bool | None = None,
+                 stream_to_device: bool | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -128,6 +133,8 @@ class Trainer:
         self.nan_check_every = nan_check_every
         self.drop_last = bool(drop_last)
         self.fused_step = fused_step
+        self.stream_to_device = stream_to_device
+        self._streaming = False
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
@@ -165,6 +172,18 @@ class Trainer:
         from .devices import put
         return put(X, self.device), put(y, self.device)
 
+    def _streams(self, *arrays) -> bool:
+        """Whether host data stays on the host and goes to ``device`` one batch at a time:
+        ``stream_to_device=True``, or (``None``) when the device's free memory is less than twice
+        the data.  Batches and their order are the same either way."""
+        if self.device is None or not arrays or not all(B.is_numpy(a) for a in arrays):
+            return False
+        if self.stream_to_device is not None:
+            return bool(self.stream_to_device)
+        from .devices import free_bytes
+        free = free_bytes(self.device)
+        return free is not None and 2 * sum(int(a.nbytes) for a in arrays) > free
+
     # -- training -------------------------------------------------------------------
     def fit(self, X, y=None, validation=None):
         """Train on arrays ``X`` (N, n_in) and ``y``, or on a :class:`~xpdnn.datasets.BatchStream`
@@ -174,10 +193,13 @@ class Trainer:
 
         stream = X if isinstance(X, BatchStream) else None
         if stream is None:
-            X, y = self._place(*self._check_data(X, y))
-        val = None
-        if validation is not None:
-            val = self._place(*self._check_data(*validation, what="_val"))
+            X, y = self._check_data(X, y)
+        val = None if validation is None else self._check_data(*validation, what="_val")
+        self._streaming = stream is None and self._streams(X, y, *(val or ()))
+        if stream is None and not self._streaming:
+            X, y = self._place(X, y)
+        if val is not None:
+            val = val if self._streaming else self._place(*val)
             if stream is None:
                 B.namespace(X, val[0])
                 B.same_device(X, val[0])
@@ -259,7 +281,8 @@ class Trainer:
         order = B.from_numpy(order.astype(np.int64), like=y)
         for step in range(self._epoch_size(N)[0]):
             idx = order[step * self.batch_size:min((step + 1) * self.batch_size, N)]
-            yield xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
+            batch = xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
+            yield self._place(*batch) if self._streaming else batch
 
     def _checked(self, stream):
         for Xb, yb in stream:
@@ -376,12 +399,15 @@ class Trainer:
 
     def evaluate(self, X, y, batch_size: int = 4096) -> dict:
         """Mean loss (and accuracy for classification losses) of the net on (X, y)."""
-        xp = B.namespace(X)
+        place = self.device is not None and B.is_numpy(X)     # host data for a net on ``device``
         N = X.shape[0]
         total, correct = 0.0, 0
         for start in range(0, N, batch_size):
             stop = min(start + batch_size, N)
             Xb, yb = X[start:stop, ...], y[start:stop, ...]
+            if place:
+                Xb, yb = self._place(Xb, yb)
+            xp = B.namespace(Xb)
             Z = self.net.forward(Xb, train=False)[0]
             loss = self.loss(Z, yb)[0]
             total += float(loss) * Xb.shape[0]
