@@ -360,3 +360,20 @@ def test_numpy_adam_fast_path_equals_portable(case, dtype, rtol, monkeypatch):
         for k in a:
             assert a[k].dtype == np.dtype(dtype)
             np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=rtol * 1e-3, err_msg=f"step {t + 1} {k}")
+
+
+def test_load_state_dict_copies_so_in_place_updates_stay_private():
+    from conftest import Backend
+
+    numpy_backend = Backend("numpy")
+    net = make_net(numpy_backend)
+    grads = gradient_sequence(net, steps=3)
+    a = Adam(lr=0.01)
+    run_ours(net, a, grads[:2], numpy_backend)
+    meta, arrays = a.state_dict()
+    before = {k: v.copy() for k, v in arrays.items()}
+    b = Adam(lr=0.01)
+    b.load_state_dict(meta, arrays)
+    run_ours(make_net(numpy_backend), b, grads[2:], numpy_backend)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)        # a's state untouched by b's step

@@ -55,10 +55,13 @@ class Adagrad(Optimizer):
     def update(self, key, W, dW, *, decay):
         xp = B.namespace(W, dW)
         g = dW + self.weight_decay * W if decay and self.weight_decay else dW
-        slots = _slots(self, key, W, ("sum",), self.initial_accumulator_value)
-        slots["sum"] = slots["sum"] + g * g
-        clr = self.lr / (1.0 + self.steps * self.lr_decay)
-        W -= clr * (g / (xp.sqrt(slots["sum"]) + self.eps))
+        total = _slots(self, key, W, ("sum",), self.initial_accumulator_value)["sum"]
+        total += g * g
+        denom = xp.sqrt(total)
+        denom += self.eps
+        update = g / denom
+        update *= self.lr / (1.0 + self.steps * self.lr_decay)
+        W -= update
         return W
 
 
@@ -89,17 +92,26 @@ class RMSProp(Optimizer):
         names = ("square_avg",) + (("grad_avg",) if self.centered else ()) \
             + (("momentum_buffer",) if self.momentum else ())
         slots = _slots(self, key, W, names)
-        sq = slots["square_avg"] = a * slots["square_avg"] + (1.0 - a) * (g * g)
+        sq = slots["square_avg"]
+        sq *= a
+        sq += (1.0 - a) * (g * g)
         if self.centered:
-            ga = slots["grad_avg"] = a * slots["grad_avg"] + (1.0 - a) * g
-            avg = xp.sqrt(sq - ga * ga) + self.eps
+            ga = slots["grad_avg"]
+            ga *= a
+            ga += (1.0 - a) * g
+            avg = xp.sqrt(sq - ga * ga)
         else:
-            avg = xp.sqrt(sq) + self.eps
+            avg = xp.sqrt(sq)
+        avg += self.eps
+        update = g / avg
         if self.momentum:
-            buf = slots["momentum_buffer"] = self.momentum * slots["momentum_buffer"] + g / avg
+            buf = slots["momentum_buffer"]
+            buf *= self.momentum
+            buf += update
             W -= self.lr * buf
         else:
-            W -= self.lr * (g / avg)
+            update *= self.lr
+            W -= update
         return W
 
 
@@ -143,13 +155,20 @@ class Adam(Optimizer):
             return cpu.adam_step_(W, g, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq"),
                                   lr=self.lr, b1=b1, b2=b2, eps=self.eps, t=t, scratch=self._scratch(key, W),
                                   scratch2=self._scratch(key + "#2", W))
-        m = slots["exp_avg"] = b1 * slots["exp_avg"] + (1.0 - b1) * g
-        v = slots["exp_avg_sq"] = b2 * slots["exp_avg_sq"] + (1.0 - b2) * (g * g)
+        # in place where the standard allows: five temporaries instead of twelve
+        m, v = slots["exp_avg"], slots["exp_avg_sq"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
         if self.amsgrad:
             v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-        step_size = self.lr / (1.0 - b1 ** t)
-        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
-        W -= step_size * (m / denom)
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(1.0 - b2 ** t)
+        denom += self.eps
+        update = m / denom
+        update *= self.lr / (1.0 - b1 ** t)
+        W -= update
         return W
 
 

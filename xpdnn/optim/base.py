@@ -3,6 +3,8 @@ accumulated gradient.  State is keyed by the parameter's stable path, ``"layers.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _backend as B
 
 OPTIMIZERS: dict[str, type] = {}
@@ -80,7 +82,9 @@ class Optimizer:
         self.state = {}
         for full, a in arrays.items():
             key, slot = full.rsplit("/", 1)
-            self.state.setdefault(key, {})[slot] = B.from_numpy(B.to_numpy(a), like=like) if like is not None else a
+            # always a private, writable copy: updates are in place and must not reach the caller's arrays
+            host = np.array(B.to_numpy(a), copy=True)
+            self.state.setdefault(key, {})[slot] = B.from_numpy(host, like=like if like is not None else a)
 
 
 def optimizer_from_state(meta: dict):
