@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
-
+from .. import _backend as B
 from ..kernels import cpu
 from .base import Optimizer
 
@@ -57,7 +56,7 @@ class SGD(Optimizer):
         v = slots.get("velocity")
         first = v is None
         if first:
-            v = slots["velocity"] = np.empty_like(W)
+            v = slots["velocity"] = B.namespace(W).empty_like(W)
         cpu.gemm_tn_acc_(dY, X, v, 0.0 if first else self.momentum)
         if wd:
             cpu.axpy_flat_(wd, W, v, self._scratch(key, W))
