@@ -101,8 +101,10 @@ def _read(path):
     return meta, tensors
 
 
-def load_checkpoint(path):
-    """(net, optimizer meta or None, optimizer arrays, trainer meta or None)."""
+def load_checkpoint(path, *, extras: bool = False):
+    """(net, optimizer meta or None, optimizer arrays, trainer meta or None), and with
+    ``extras`` a fifth item: ({name: array} of a parameterized loss, {callback index: {name:
+    array}}), from one read of the file."""
     meta, tensors = _read(path)
     try:
         net = layer_from_config(meta["architecture"])
@@ -126,12 +128,11 @@ def load_checkpoint(path):
         raise ValueError(f"{path}: {exc}") from exc
     if hasattr(net, "fresh"):
         net.fresh = False
-    return net, meta.get("optimizer"), opt_arrays, meta.get("trainer")
+    out = (net, meta.get("optimizer"), opt_arrays, meta.get("trainer"))
+    return out + (_trainer_extras(path, tensors),) if extras else out
 
 
-def read_trainer_extras(path):
-    """({name: array} of a parameterized loss, {callback index: {name: array}}) in a checkpoint."""
-    _, tensors = _read(path)
+def _trainer_extras(path, tensors):
     loss = {k[len(_LOSS):]: v for k, v in tensors.items() if k.startswith(_LOSS)}
     callbacks: dict = {}
     for k, v in tensors.items():

@@ -428,9 +428,8 @@ class Trainer:
         """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, a loss's
         parameters, RNG, epoch and the state of its callbacks); ``fit`` then continues from the
         saved epoch up to ``epochs``."""
-        from .io import load_checkpoint, read_trainer_extras
-        net, opt_meta, opt_arrays, trainer_meta = load_checkpoint(path)
-        loss_arrays, cb_arrays = read_trainer_extras(path)
+        from .io import load_checkpoint
+        net, opt_meta, opt_arrays, trainer_meta, (loss_arrays, cb_arrays) = load_checkpoint(path, extras=True)
         like = next(iter(self.net.state_arrays().values()), None)
         self.net.load_state_arrays(net.state_arrays())
         self.net.fresh = False
