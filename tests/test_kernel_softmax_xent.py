@@ -81,8 +81,6 @@ inline float __int_as_float(int i) { return emu_bits<float>(i); }
 inline float __uint_as_float(unsigned i) { return emu_bits<float>(i); }
 inline unsigned __float_as_uint(float f) { return emu_bits<unsigned>(f); }
 inline double __longlong_as_double(long long i) { return emu_bits<double>(i); }
-inline float xent_host_half_to_float(unsigned short b) { return (float)emu_bits<_Float16>(b); }
-inline unsigned short xent_host_float_to_half(float a) { return emu_bits<unsigned short>((_Float16)a); }
 struct EmuWarp { std::barrier<> bar{32}; alignas(8) unsigned char buf[32][8]; };
 static std::unique_ptr<std::barrier<>> emu_block_bar;
 static std::unique_ptr<EmuWarp[]> emu_warps;
@@ -115,10 +113,9 @@ template <class F> void emu_launch(unsigned grid, unsigned block, F f) {
         for (auto& th : ts) th.join();
     }
 }
-#define XENT_HOST_EMULATION 1
 """
 
-CTYPE = {"f32": "float", "f64": "double", "f16": "half_t", "bf16": "bfloat_t"}
+CTYPE = {"f32": "float", "f64": "double", "f16": "xpdnn_f16", "bf16": "xpdnn_bf16"}
 STORAGE = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "bfloat16": np.uint16}
 # signalling-NaN bit patterns: arithmetic on them gives a different (quiet) NaN, so a read of the
 # padding shows up as NaN results and a write into it changes its bits

@@ -19,6 +19,7 @@
 //     16-bit products are formed exactly in float and rounded once to nearest even.
 //   xpdnn_philox_bits32(unsigned int* out, n, seed, counter): out[i] = bits(i) (tests, RReLU).
 #include "philox.cuh"
+#include "half.cuh"
 
 #if defined(XPDNN_HOST)
 #define __global__
@@ -31,9 +32,6 @@ struct alignas(16) uint4 { unsigned int x, y, z, w; };
 #define XPDNN_THREAD_FIRST ((xpdnn_u64)blockIdx.x * blockDim.x + threadIdx.x)
 #define XPDNN_THREAD_STRIDE ((xpdnn_u64)gridDim.x * blockDim.x)
 #endif
-
-struct xpdnn_f16 { unsigned short bits; };
-struct xpdnn_bf16 { unsigned short bits; };
 
 // Per element type: compute type S, 128-bit vector type V holding NV of them per 8 elements.
 template <typename T> struct xpdnn_dtype;
@@ -58,62 +56,16 @@ template <> struct xpdnn_dtype<xpdnn_f16> {
     typedef float S;
     typedef uint4 V;
     enum { NV = 1 };
-    XPDNN_FN static S load(xpdnn_f16 v)
-    {
-#if defined(XPDNN_HOST)
-        _Float16 h;
-        __builtin_memcpy(&h, &v.bits, 2);
-        return (float)h;
-#else
-        float f;
-        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
-        return f;
-#endif
-    }
-    XPDNN_FN static xpdnn_f16 store(S s)
-    {
-        xpdnn_f16 out;
-#if defined(XPDNN_HOST)
-        _Float16 h = (_Float16)s;
-        __builtin_memcpy(&out.bits, &h, 2);
-#else
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(out.bits) : "f"(s));
-#endif
-        return out;
-    }
+    XPDNN_FN static S load(xpdnn_f16 v) { return xpdnn_f16_to_float(v); }
+    XPDNN_FN static xpdnn_f16 store(S s) { return xpdnn_float_to_f16(s); }
 };
 
 template <> struct xpdnn_dtype<xpdnn_bf16> {
     typedef float S;
     typedef uint4 V;
     enum { NV = 1 };
-    XPDNN_FN static S load(xpdnn_bf16 v)
-    {
-        const unsigned int u = (unsigned int)v.bits << 16;
-#if defined(XPDNN_HOST)
-        float f;
-        __builtin_memcpy(&f, &u, 4);
-        return f;
-#else
-        return __uint_as_float(u);
-#endif
-    }
-    XPDNN_FN static xpdnn_bf16 store(S s)
-    {
-#if defined(XPDNN_HOST)
-        unsigned int u;
-        __builtin_memcpy(&u, &s, 4);
-#else
-        const unsigned int u = __float_as_uint(s);
-#endif
-        xpdnn_bf16 out;
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            out.bits = (unsigned short)((u >> 16) | 0x40u);  // NaN stays a (quiet) NaN
-        } else {
-            out.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
-        }
-        return out;
-    }
+    XPDNN_FN static S load(xpdnn_bf16 v) { return xpdnn_bf16_to_float(v); }
+    XPDNN_FN static xpdnn_bf16 store(S s) { return xpdnn_float_to_bf16(s); }
 };
 
 template <typename T>

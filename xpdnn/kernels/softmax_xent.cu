@@ -20,8 +20,8 @@
 // Z and dZ carry no __restrict__: with inplace they are the same buffer.  Every element is read
 // (by the thread that writes it, or before a __syncthreads) before it is overwritten.
 // Kernels use 64-bit indices throughout (N * C may exceed 2**31).
-// XENT_HOST_EMULATION is defined only by the test suite, which compiles this file as C++ on the
-// CPU (one std::thread per CUDA thread) to run the exact kernel code without a GPU.
+// The test suite also compiles this file as C++ on the CPU (shims for the CUDA built-ins, one
+// std::thread per CUDA thread; half.cuh's host branch) to run the exact kernel code without a GPU.
 
 typedef long long i64;
 typedef unsigned long long u64;
@@ -33,8 +33,7 @@ typedef unsigned long long u64;
 #define XENT_PREPASS_THREADS 512
 #define FULL_MASK 0xffffffffu
 
-struct half_t { unsigned short bits; };
-struct bfloat_t { unsigned short bits; };
+#include "half.cuh"
 
 __device__ __forceinline__ float neg_inf(float) { return __int_as_float(0xff800000); }
 __device__ __forceinline__ double neg_inf(double) { return __longlong_as_double(0xfff0000000000000LL); }
@@ -45,8 +44,7 @@ __device__ __forceinline__ double acc_exp(double x) { return exp(x); }
 __device__ __forceinline__ float acc_log(float x) { return logf(x); }
 __device__ __forceinline__ double acc_log(double x) { return log(x); }
 
-// Storage type T <-> accumulation type A.  Half conversions use PTX (no cuda_fp16.h needed);
-// bf16 -> float is a shift, float -> bf16 rounds to nearest even (NaN stays NaN).
+// Storage type T <-> accumulation type A (16-bit types: half.cuh).
 template <typename T> struct Conv;
 template <> struct Conv<float> {
     typedef float A;
@@ -58,40 +56,15 @@ template <> struct Conv<double> {
     static __device__ __forceinline__ double load(double x) { return x; }
     static __device__ __forceinline__ double store(double a) { return a; }
 };
-template <> struct Conv<half_t> {
+template <> struct Conv<xpdnn_f16> {
     typedef float A;
-    static __device__ __forceinline__ float load(half_t h) {
-#ifdef XENT_HOST_EMULATION
-        return xent_host_half_to_float(h.bits);
-#else
-        float f;
-        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
-        return f;
-#endif
-    }
-    static __device__ __forceinline__ half_t store(float a) {
-        half_t h;
-#ifdef XENT_HOST_EMULATION
-        h.bits = xent_host_float_to_half(a);
-#else
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(a));
-#endif
-        return h;
-    }
+    static __device__ __forceinline__ float load(xpdnn_f16 h) { return xpdnn_f16_to_float(h); }
+    static __device__ __forceinline__ xpdnn_f16 store(float a) { return xpdnn_float_to_f16(a); }
 };
-template <> struct Conv<bfloat_t> {
+template <> struct Conv<xpdnn_bf16> {
     typedef float A;
-    static __device__ __forceinline__ float load(bfloat_t h) { return __uint_as_float(((unsigned)h.bits) << 16); }
-    static __device__ __forceinline__ bfloat_t store(float a) {
-        unsigned u = __float_as_uint(a);
-        bfloat_t h;
-        if ((u & 0x7fffffffu) > 0x7f800000u) {
-            h.bits = (unsigned short)((u >> 16) | 0x40u);
-        } else {
-            h.bits = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-        }
-        return h;
-    }
+    static __device__ __forceinline__ float load(xpdnn_bf16 h) { return xpdnn_bf16_to_float(h); }
+    static __device__ __forceinline__ xpdnn_bf16 store(float a) { return xpdnn_float_to_bf16(a); }
 };
 
 // 16-byte vector of T: V = 16 / sizeof(T) elements.
@@ -500,8 +473,8 @@ __device__ __forceinline__ void xent_prepass(const i64* __restrict__ y, const A*
 
 XENT_KERNELS(float, f32)
 XENT_KERNELS(double, f64)
-XENT_KERNELS(half_t, f16)
-XENT_KERNELS(bfloat_t, bf16)
+XENT_KERNELS(xpdnn_f16, f16)
+XENT_KERNELS(xpdnn_bf16, bf16)
 
 #define XENT_PREPASS_KERNEL(A, SUFFIX)                                                           \
     extern "C" __global__ void __launch_bounds__(XENT_PREPASS_THREADS) xent_prepass_##SUFFIX(    \
