@@ -198,9 +198,10 @@ def axpy_flat_(a, X, Y, scratch=None):
 
 
 def momentum_step_(W, g, v, lr, mu, scratch):
-    """``v = mu * v + g; W -= lr * v`` in place with no allocation: the same operations, in the
-    same order per element, as the portable update.  (Measured: splitting the passes into
-    cache-sized blocks or across threads is slower here; the latter fights the BLAS threads.)"""
+    """``v = mu * v + g; W -= lr * v`` in place with no allocation: the portable update's
+    operations, the last one a BLAS AXPY (which may fuse the multiply-add, so W can differ from
+    the portable result in the last bit).  (Measured: splitting the passes into cache-sized
+    blocks or across threads is slower here; the latter fights the BLAS threads.)"""
     v *= W.dtype.type(mu)
     v += g
     return axpy_flat_(-lr, v, W, scratch)
