@@ -113,6 +113,32 @@ def test_torch_and_sklearn_peers_train_the_same_network():
         bench.mlp_runner(bench.PEERS["sklearn"], sizes, 0.2, 64)
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_numpy_loop_does_xpdnns_work(dropout):
+    """The bare NumPy loop is a fair floor only if it trains exactly xpdnn's network: same
+    initial weights, shuffling, Philox dropout masks and SGD, so the same losses, two epochs in."""
+    X, y = bench.mnist_like(512, seed=3)
+    sizes, losses = (784, 32, 32, 10), {}
+    for name in ("xpdnn-numpy", "numpy-loop"):
+        runner = bench.mlp_runner(bench.PEERS[name], sizes, dropout, 64, seed=3)
+        Xp, yp = runner.place(X, y)
+        losses[name] = [runner.epoch(Xp, yp) for _ in range(2)]
+    assert losses["numpy-loop"] == pytest.approx(losses["xpdnn-numpy"], rel=1e-5)
+    assert losses["numpy-loop"][1] < losses["numpy-loop"][0]
+
+
+def test_torch_peer_starts_from_xpdnns_weights_with_dropout():
+    """Inserting Dropout layers shifts the layer indices that seed the init: the PyTorch peer must
+    copy the weights of the network xpdnn actually trains, dropout variant included."""
+    torch = pytest.importorskip("torch")
+    sizes = (784, 32, 32, 10)
+    ref = [lay for lay in bench.build_xpdnn_mlp(sizes, 0.2, seed=3).layers if hasattr(lay, "n_out")]
+    mods = [m for m in bench.mlp_runner(bench.PEERS["torch"], sizes, 0.2, 64, seed=3).model
+            if isinstance(m, torch.nn.Linear)]
+    for lay, m in zip(ref, mods, strict=True):
+        np.testing.assert_array_equal(m.weight.detach().numpy(), lay.params["W"])
+
+
 def test_gemm_step_shapes():
     shapes = bench.gemm_step_shapes(16, (8, 4, 2))
     # per layer: X@W.T (N,n_in)x(n_in,n_out), dY.T@X (n_out,N)x(N,n_in), and past the first layer

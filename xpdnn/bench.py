@@ -82,12 +82,13 @@ PEERS = {p.name: p for p in (
     Peer("xpdnn-torch", "xpdnn", "torch", "cpu"),
     Peer("torch", "torch", "torch", "cpu"),
     Peer("sklearn", "sklearn", "numpy", "cpu"),
+    Peer("numpy-loop", "numpy-loop", "numpy", "cpu"),
     Peer("xpdnn-array_api_strict", "xpdnn", "array_api_strict", "cpu"),
     Peer("xpdnn-cupy", "xpdnn", "cupy", "cuda"),
     Peer("xpdnn-torch-cuda", "xpdnn", "torch", "cuda"),
     Peer("torch-cuda", "torch", "torch", "cuda"),
 )}
-DEFAULT_PEERS = ("xpdnn-numpy", "xpdnn-torch", "torch", "sklearn", "xpdnn-cupy", "xpdnn-torch-cuda", "torch-cuda")
+DEFAULT_PEERS = ("xpdnn-numpy", "xpdnn-torch", "torch", "sklearn", "numpy-loop", "xpdnn-cupy", "xpdnn-torch-cuda", "torch-cuda")
 
 
 @dataclass
@@ -448,7 +449,7 @@ class TorchMLP:
         import torch
 
         self.peer, self.batch, self.seed = peer, batch, seed
-        ref = build_xpdnn_mlp(sizes, 0.0, seed)
+        ref = build_xpdnn_mlp(sizes, dropout, seed)   # the same layer indices, so the same init
         mods = []
         for i, lin in enumerate(l for l in ref.layers if hasattr(l, "n_out")):
             m = torch.nn.Linear(lin.n_in, lin.n_out)
@@ -517,9 +518,83 @@ class SklearnMLP:
         return float(self.clf.loss_)
 
 
+class NumpyLoopMLP:
+    """The xpdnn-numpy epoch with the framework taken away: the same network, initial weights,
+    shuffling, Philox dropout masks, loss and SGD update written as one bare NumPy loop over
+    the layers, calling the same BLAS paths (:mod:`xpdnn.kernels.cpu`) and keeping only the work
+    a step cannot skip.  Not a library a user would pick: the reference for how much of the GEMM
+    roofline plain NumPy reaches at all, and so how much of xpdnn's gap to the roofline is its
+    own overhead.  It reaches xpdnn's first-epoch loss (checked in ``tests/test_bench_smoke.py``)."""
+
+    def __init__(self, peer: Peer, sizes, dropout: float, batch: int, seed: int = 0):
+        ref = build_xpdnn_mlp(sizes, dropout, seed)   # the same layer indices, so the same init
+        lins = [lay for lay in ref.layers if hasattr(lay, "n_out")]
+        self.W = [np.array(lay.params["W"], dtype=np.float32) for lay in lins]
+        self.b = [np.array(lay.params["b"], dtype=np.float32) for lay in lins]
+        self.vW = [np.zeros_like(w) for w in self.W]
+        self.vb = [np.zeros_like(b) for b in self.b]
+        self.rate, self.batch, self.seed = float(dropout), batch, seed
+
+    def place(self, X, y):
+        return X, y
+
+    def epoch(self, X, y) -> float:
+        from .kernels import cpu
+        from .random import keep_mask
+
+        W, b, vW, vb, L = self.W, self.b, self.vW, self.vb, len(self.W)
+        scale = np.float32(1.0 / (1.0 - self.rate))
+        N, counter, total, correct = X.shape[0], 0, 0.0, 0
+        order = np.random.default_rng([self.seed, 0]).permutation(N)
+        for start in range(0, N, self.batch):
+            idx = order[start:start + self.batch]
+            h, yb = X.take(idx, axis=0), y.take(idx)
+            n, acts, masks = h.shape[0], [], []
+            for i in range(L):                       # forward: Linear (+ ReLU (+ dropout))
+                acts.append(h)
+                h = h @ W[i].T
+                h += b[i]
+                if i < L - 1:
+                    np.maximum(h, 0, out=h)
+                    if self.rate:
+                        keep = keep_mask(self.seed, counter, h.shape, self.rate)
+                        counter += 1
+                        h *= keep
+                        h *= scale
+                        masks.append(keep)
+            rows = np.arange(n)                      # softmax cross-entropy, mean over the batch
+            h -= h.max(axis=1, keepdims=True)
+            picked = h[rows, yb]
+            np.exp(h, out=h)
+            sums = h.sum(axis=1)
+            loss = float(np.mean(np.log(sums) - picked))
+            if not math.isfinite(loss):
+                raise RuntimeError("numpy-loop peer: loss is not finite")
+            correct += int(np.count_nonzero(h.argmax(axis=1) == yb))
+            h /= sums[:, None]
+            h[rows, yb] -= 1.0
+            h *= np.float32(1.0 / n)
+            dY = h
+            for i in reversed(range(L)):             # backward + SGD momentum, layer by layer
+                dX = dY @ W[i] if i else None
+                cpu.gemm_tn_acc_(dY, acts[i], vW[i], MOMENTUM)
+                vb[i] *= np.float32(MOMENTUM)
+                vb[i] += dY.sum(axis=0)
+                cpu.axpy_flat_(-LR, vW[i], W[i])
+                cpu.axpy_flat_(-LR, vb[i], b[i])
+                if i:
+                    if self.rate:
+                        dX *= masks[i - 1]
+                        dX *= scale
+                    dX *= acts[i] > 0
+                    dY = dX
+            total += loss * n
+        return total / N
+
+
 def mlp_runner(peer: Peer, sizes, dropout: float, batch: int, seed: int = 0):
     """An object with ``place(X_host, y_host) -> (X, y)`` and ``epoch(X, y) -> mean loss``."""
-    cls = {"xpdnn": XpdnnMLP, "torch": TorchMLP, "sklearn": SklearnMLP}[peer.kind]
+    cls = {"xpdnn": XpdnnMLP, "torch": TorchMLP, "sklearn": SklearnMLP, "numpy-loop": NumpyLoopMLP}[peer.kind]
     return cls(peer, sizes, dropout, batch, seed)
 
 
@@ -957,7 +1032,7 @@ def run_w1(r: Run):
     cfg = r.cfg
     n = _scaled(W1_SAMPLES, cfg.scale, 2 * W1_BATCH)
     X, y = mnist_like(n, seed=cfg.seed)
-    peers = r.peers("W1")
+    peers = r.peers("W1", kinds=("xpdnn", "torch", "sklearn", "numpy-loop"))
     roof = r.roofline(W1_BATCH, W1_SIZES, {p.device for p in peers})
     for variant, rate in (("no-dropout", 0.0), ("dropout", W1_DROPOUT)):
         timed = [p for p in peers if not (p.kind == "sklearn" and rate)]
