@@ -1188,7 +1188,8 @@ def profile_w1(cfg: Config, top: int = 15) -> dict:
 
 def ratios(results) -> dict:
     """Headline ratios: each xpdnn peer's speed (median rate) and W1 peak RSS relative to PyTorch
-    on the same device, and W1's fraction of the GEMM roofline."""
+    on the same device, W1's fraction of the GEMM roofline, and xpdnn-numpy's speed relative to
+    the bare ``numpy-loop`` doing the same work."""
     out = {}
     by = {(r["workload"], r["variant"], r["peer"]): r for r in results}
     for (w, v, p), rec in sorted(by.items()):
@@ -1202,6 +1203,12 @@ def ratios(results) -> dict:
                 out[f"{w} {v}: {p} / {ref['peer']} speed, median of per-round ratios"] = paired
             if "peak_rss_mb" in rec and "peak_rss_mb" in ref:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
+        loop = by.get((w, v, "numpy-loop")) if p == "xpdnn-numpy" else None
+        if loop is not None:     # what the framework costs over the bare loop doing the same work
+            out[f"{w} {v}: {p} / numpy-loop speed"] = rec["rate_median"] / loop["rate_median"]
+            paired = paired_ratio(rec, loop)
+            if paired is not None:
+                out[f"{w} {v}: {p} / numpy-loop speed, median of per-round ratios"] = paired
         if w in ("W1", "W4") and "roofline_fraction" in rec:
             out[f"{w} {v}: {p} fraction of GEMM roofline"] = rec["roofline_fraction"]
         for key, what in (("bandwidth_fraction_peak", "fraction of the data-sheet memory bandwidth"),
