@@ -82,6 +82,8 @@ def test_dropout_kernels_are_fused_vectorized_and_spill_free(arch):
         body = entries[name]
         assert body.count("mul.hi.u64") == 20, name        # 10 rounds x 2 products, unrolled
         assert ".local" not in body, f"{name} spills to local memory"
+        # CuPy compiles with -ftz=true: a plain float multiply would flush subnormals to zero
+        assert not re.search(r"mul(\.rn)?\.ftz\.f32", body), f"{name} flushes subnormals (mul.ftz)"
     for name in dropout.KERNELS.values():
         body = entries[name]
         assert re.search(r"ld\.global(\.nc)?\.v[24]\.", body), f"{name} has no 128-bit loads"

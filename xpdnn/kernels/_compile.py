@@ -13,6 +13,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ARCHS = ("compute_80", "compute_90")
 BASE_OPTIONS = ("-std=c++17",)
+# What CuPy appends to every NVRTC compile (cupy/cuda/compiler.py), after the caller's options:
+# the CI compile check uses them too, so it compiles the program a GPU run compiles.
+CUPY_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,14 +48,14 @@ def get_function(source: str, name: str, options: tuple = ()):
 
 
 def nvrtc_compile(source: str, arch: str = "compute_80", options: tuple = ()) -> bytes:
-    """Compile ``source`` to PTX with NVRTC only (no GPU needed); raises ``RuntimeError`` with
-    the compiler log on failure."""
+    """Compile ``source`` to PTX with NVRTC only (no GPU needed), with the options CuPy adds
+    (:data:`CUPY_OPTIONS`); raises ``RuntimeError`` with the compiler log on failure."""
     from cupy_backends.cuda.libs import nvrtc
 
     prog = nvrtc.createProgram(source, "xpdnn_kernel.cu", [], [])
     try:
         try:
-            nvrtc.compileProgram(prog, [f"-arch={arch}", *BASE_OPTIONS, *options])
+            nvrtc.compileProgram(prog, [f"-arch={arch}", *BASE_OPTIONS, *options, *CUPY_OPTIONS])
         except nvrtc.NVRTCError as exc:
             raise RuntimeError(f"NVRTC failed for {arch}:\n{nvrtc.getProgramLog(prog)}") from exc
         return nvrtc.getPTX(prog)

@@ -33,6 +33,23 @@ struct alignas(16) uint4 { unsigned int x, y, z, w; };
 #define XPDNN_THREAD_STRIDE ((xpdnn_u64)gridDim.x * blockDim.x)
 #endif
 
+// x * m, rounded to nearest, with subnormals kept: CuPy compiles every kernel with -ftz=true (it
+// appends the flag after the caller's options), under which a plain float `*` becomes mul.ftz.f32
+// and flushes subnormal inputs and results to zero, unlike NumPy.  Inline PTX mul.rn.f32 is not
+// affected by -ftz, so the product is bit-identical to the host's.  (double has no ftz mode.)
+XPDNN_FN float xpdnn_mul(float x, float m)
+{
+#if defined(XPDNN_HOST)
+    return x * m;
+#else
+    float r;
+    asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(m));
+    return r;
+#endif
+}
+
+XPDNN_FN double xpdnn_mul(double x, double m) { return x * m; }
+
 // Per element type: compute type S, 128-bit vector type V holding NV of them per 8 elements.
 template <typename T> struct xpdnn_dtype;
 
@@ -95,7 +112,7 @@ XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xp
 #pragma unroll
 #endif
         for (int j = 0; j < 8; ++j)
-            buf.e[j] = D::store(D::load(buf.e[j]) * ((xpdnn_u64)bits[j] >= threshold ? scale : zero));
+            buf.e[j] = D::store(xpdnn_mul(D::load(buf.e[j]), (xpdnn_u64)bits[j] >= threshold ? scale : zero));
 #if !defined(XPDNN_HOST)
 #pragma unroll
 #endif
@@ -103,7 +120,7 @@ XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xp
     } else {
         for (int j = 0; j < 8; ++j) {
             const xpdnn_u64 i = i0 + j;
-            if (i < n) y[i] = D::store(D::load(x[i]) * ((xpdnn_u64)bits[j] >= threshold ? scale : zero));
+            if (i < n) y[i] = D::store(xpdnn_mul(D::load(x[i]), (xpdnn_u64)bits[j] >= threshold ? scale : zero));
         }
     }
 }
