@@ -60,7 +60,11 @@ def test_report_structure(backend, tmp_path, capsys):
             assert r["roofline_fraction"] == pytest.approx(r["rate_median"] / best)
             # ten balanced-ish classes: one epoch's mean loss starts near ln(10)
             assert 0.5 < r["first_epoch_loss"] < 5.0
-            assert r["interleaved"] and len(r["gemm_epoch_times_s"]) == 2
+            assert r["interleaved"]
+            if r["device"] != "cpu":      # the GEMM-only pseudo-peer runs on the CPU, beside CPU peers
+                assert "gemm_epoch_times_s" not in r and "roofline_fraction_paired" not in r
+                continue
+            assert len(r["gemm_epoch_times_s"]) == 2
             fractions = [g / t for g, t in zip(r["gemm_epoch_times_s"], r["times_s"])]
             assert r["roofline_fraction_paired"] == pytest.approx(sorted(fractions)[0] / 2 + sorted(fractions)[1] / 2)
             assert 0 < r["roofline_fraction_paired"] < 2

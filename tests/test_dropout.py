@@ -333,6 +333,21 @@ def test_gpu_fused_equals_portable_and_numpy(dtype):
 
 @pytest.mark.gpu
 @gpu
+def test_gpu_fused_dropout_keeps_subnormals():
+    """CuPy compiles kernels with -ftz=true; the fused kernel's multiply must still keep
+    subnormal inputs and products bit for bit as NumPy computes them."""
+    import cupy
+
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    host = (np.random.default_rng(5).uniform(-1, 1, 4099) * tiny).astype(np.float32)   # all subnormal
+    Y_np = Dropout(0.3).forward(host, train=True, rng=Stream(9))[0]
+    assert np.count_nonzero(Y_np) > 2000
+    got = kernel.dropout(cupy.asarray(host), 0.3, 9, 0).get()
+    np.testing.assert_array_equal(got.view(np.uint32), Y_np.view(np.uint32))
+
+
+@pytest.mark.gpu
+@gpu
 def test_gpu_non_contiguous_and_offset_views():
     import cupy
 

@@ -29,8 +29,10 @@ def test_digits_history_on_cupy_equals_numpy(dropout):
     masks and the fused softmax-xent kernel matches the portable loss, so the histories agree."""
     ref, ref_net = _digits_run(None, dropout)
     got, net = _digits_run("cuda", dropout)
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in ("loss", "val_loss"):
         np.testing.assert_allclose(got[key], ref[key], rtol=1e-4, err_msg=key)
+    for key in ("accuracy", "val_accuracy"):    # cuBLAS sums in another order: one argmax may flip
+        np.testing.assert_allclose(got[key], ref[key], rtol=0, atol=3e-3, err_msg=key)   # 1/360 < 3e-3
     W = B.to_numpy(net.layers[0].params["W"])
     assert B.is_cupy(net.layers[0].params["W"])
     np.testing.assert_allclose(W, B.to_numpy(ref_net.layers[0].params["W"]), rtol=1e-3, atol=1e-5)

@@ -984,8 +984,8 @@ class Run:
         key = (batch, tuple(sizes))
         if key in self.rooflines:
             return self.rooflines[key]
-        libs = [("numpy", "cpu")]
-        if "torch" in sys.modules or any(PEERS[p].lib == "torch" for p in self.cfg.peers):
+        libs = [("numpy", "cpu")] if "cpu" in devices else []     # no CPU GEMMs for a GPU-only workload
+        if "cpu" in devices and ("torch" in sys.modules or any(PEERS[p].lib == "torch" for p in self.cfg.peers)):
             if peer_available(PEERS["torch"])[0]:
                 libs.append(("torch", "cpu"))
         if "cuda" in devices:
