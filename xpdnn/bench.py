@@ -1149,12 +1149,16 @@ def run_scaling(r: Run):
         sizes = (784, hidden, hidden, 10)
         X, y = mnist_like(n, seed=cfg.seed)
         roof = r.roofline(batch, sizes, {p.device for p in peers})
+        results = time_epochs_interleaved(peers, X, y, sizes, 0.0, batch, cfg)   # the drift pairs out
         for peer in peers:
             params = {"n_samples": n, "batch": batch, "hidden": hidden, "sizes": list(sizes), "dtype": "float32"}
 
-            def go(peer=peer, params=params, sizes=sizes, batch=batch, X=X, y=y):
-                t = time_epochs(peer, X, y, sizes, 0.0, batch, cfg)
-                rec = _record("S", f"batch={batch},hidden={hidden}", peer, t["times_s"], n, "samples/s", params)
+            def go(peer=peer, params=params):
+                t = results[peer.name]
+                if isinstance(t, Exception):
+                    raise t
+                rec = _record("S", f"batch={batch},hidden={hidden}", peer, t["times_s"], n, "samples/s", params,
+                              interleaved=True)
                 rec["us_per_sample"] = 1e6 / rec["rate_median"]
                 return r.with_roofline(rec, roof)
             r.attempt("S", f"batch={batch},hidden={hidden}", peer, go)
