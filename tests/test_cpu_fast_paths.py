@@ -50,6 +50,28 @@ def test_softmax_xent_threads_split_rows_exactly():
     np.testing.assert_array_equal(g1, G * np.float32(1.0 / 513))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("shape", [(128, 512), (3, 5, 7), (1,), (0, 4), (1025, 1025)])
+def test_relu_in_place_matches_maximum_with_zero(dtype, shape, rng):
+    """relu_ compares against a cached zero buffer (and the scalar above 2**20 elements): the
+    same values as ``np.maximum(X, 0)``, NaN kept, in place, the buffer never written."""
+    X = rng.standard_normal(shape).astype(dtype)
+    if X.size:
+        X.flat[::7] = np.nan
+        X.flat[1::11] = -np.inf
+    want = np.maximum(X, 0)
+    got = cpu.relu_(X)
+    assert got is X
+    np.testing.assert_array_equal(got, want)
+    strided = rng.standard_normal((64, 40)).astype(dtype)[:, ::2]      # not contiguous
+    np.testing.assert_array_equal(cpu.relu_(strided.copy(order="K")), np.maximum(strided, 0))
+    view = strided.copy()[:, ::3]
+    want = np.maximum(view, 0)
+    np.testing.assert_array_equal(cpu.relu_(view), want)
+    for buf in cpu._zeros.values():
+        assert not buf.flags.writeable and not buf.any()
+
+
 def test_fused_linear_relu_matches_the_unfused_chain(rng):
     """Sequential fuses Linear+ReLU in place on NumPy; array-api-strict runs the portable
     layers one by one: same outputs and gradients."""

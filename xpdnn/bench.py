@@ -555,7 +555,7 @@ class NumpyLoopMLP:
                 h = h @ W[i].T
                 h += b[i]
                 if i < L - 1:
-                    np.maximum(h, 0, out=h)
+                    cpu.relu_(h)
                     if self.rate:
                         keep = keep_mask(self.seed, counter, h.shape, self.rate)
                         counter += 1
