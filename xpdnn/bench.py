@@ -570,7 +570,7 @@ class NumpyLoopMLP:
             loss = float(np.mean(np.log(sums) - picked))
             if not math.isfinite(loss):
                 raise RuntimeError("numpy-loop peer: loss is not finite")
-            correct += int(np.count_nonzero(h.argmax(axis=1) == yb))
+            correct += int(np.count_nonzero(h.argmax(axis=1) == yb))   # the accuracy sum every peer keeps
             h /= sums[:, None]
             h[rows, yb] -= 1.0
             h *= np.float32(1.0 / n)
