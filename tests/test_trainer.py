@@ -147,10 +147,12 @@ def test_load_rejects_bad_files(tmp_path, damage, rng):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
 def test_nan_loss_stops_with_last_good_weights(rng):
+    """With a snapshot before every step, a non-finite loss rolls the model back to exactly the
+    state before the step whose update produced the bad weights: the last state with a finite loss."""
     X, y = _blobs(rng)
     net = _net(dropout=0.0)
     trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=1e6), batch_size=16, epochs=50,
-                         progress=False)
+                         progress=False, snapshot_every=1)
     snapshots = []
 
     class Snap(xd.Callback):
@@ -160,7 +162,7 @@ def test_nan_loss_stops_with_last_good_weights(rng):
     trainer.callbacks.append(Snap())
     with pytest.raises(xd.TrainingError, match=r"epoch \d+, step \d+"):
         trainer.fit(X, y)
-    last_good = snapshots[-1]
+    last_good = snapshots[-2]      # snapshots[-1] holds the weights that gave the non-finite loss
     for k, v in net.state_arrays().items():
         np.testing.assert_array_equal(B.to_numpy(v), last_good[k])
         assert np.all(np.isfinite(B.to_numpy(v)))
@@ -269,25 +271,30 @@ def test_info_lists_backends(capsys):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")   # the overflow is the point
 def test_deferred_nan_check_rolls_back(rng):
     """The GPU mode (check every k steps, no per-step sync) also ends with finite weights: those
-    of the last checked good state."""
+    of the last snapshot whose losses were all checked finite, which the message names."""
     X, y = _blobs(rng)
     net = _net(dropout=0.0)
     trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=1e6), batch_size=16, epochs=50,
                          progress=False, nan_check_every=4)
-    snapshots = {}
+    snapshots, losses = {}, {}
 
     class Snap(xd.Callback):
         def on_batch_begin(self, trainer, step):
             snapshots[(trainer.epoch, step)] = {k: B.to_numpy(v).copy() for k, v in trainer.net.state_arrays().items()}
 
+        def on_batch_end(self, trainer, step, logs):
+            losses[(trainer.epoch, step)] = float(logs["loss"])
+
     trainer.callbacks.append(Snap())
     with pytest.raises(xd.TrainingError, match=r"between steps (\d+) and") as info:
         trainer.fit(X, y)
-    first = int(info.value.args[0].split("between steps ")[1].split()[0])
-    assert (first - 1) % 4 == 0
-    epoch = int(info.value.args[0].split("at epoch ")[1].split(",")[0]) - 1
+    msg = info.value.args[0]
+    step = int(msg.split("back to its state before step ")[1].split()[0]) - 1
+    epoch = int(msg.split("back to its state before step ")[1].split("of epoch ")[1].split(",")[0]) - 1
     for k, v in net.state_arrays().items():
-        np.testing.assert_array_equal(B.to_numpy(v), snapshots[(epoch, first - 1)][k])
+        np.testing.assert_array_equal(B.to_numpy(v), snapshots[(epoch, step)][k])
+        assert np.all(np.isfinite(B.to_numpy(v)))
+    assert np.isfinite(losses[(epoch, step)])       # the restored state's own loss was finite
 
 
 def test_trainer_updates_a_loss_with_parameters(backend, rng):

@@ -60,6 +60,16 @@ def is_array(x) -> bool:
     return array_api_compat.is_array_api_obj(x)
 
 
+def may_alias(a, b) -> bool:
+    """Whether arrays ``a`` and ``b`` may share memory (NumPy: by their bounds; elsewhere only
+    when they are the same object, which is all that matters where xpdnn writes in place)."""
+    if a is b:
+        return True
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    return False
+
+
 def dtype_name(dtype) -> str:
     """'float32', 'int64', ... for a dtype of any library."""
     name = str(dtype)

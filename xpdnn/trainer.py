@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import numpy as np
 
 from . import _backend as B
+from . import heads
 from .layers.base import Layer
 from .layers.sequential import Sequential
 from .losses.base import Loss
@@ -15,7 +17,85 @@ from .random import Stream
 
 
 class TrainingError(RuntimeError):
-    """Training stopped because the loss became NaN or Inf."""
+    """Training stopped because the loss (or, after an epoch's last step, a weight) became NaN
+    or Inf; the trainer's net and optimizer were rolled back to the last good state first (see
+    :class:`NaNGuard`)."""
+
+
+class NaNGuard:
+    """Stops a fit at a non-finite loss and puts back the last state known to be good.
+
+    Every step's loss is folded into a flag on the device, read back every ``check_every``
+    steps and at the end of each epoch (a GPU is not synchronized per step).  Before a step,
+    every ``snapshot_every`` steps, the guard copies everything a step advances: the net's
+    parameters and buffers, a loss's parameters, the optimizer's state, step count and learning
+    rate, the Philox counter and the global step.  That copy becomes the *good* state once a
+    check finds every loss since it finite; the state the fit started from is the first one.
+    On a non-finite loss, or non-finite weights after an epoch's last step, the trainer is rolled
+    back to the good state (at most ``snapshot_every + check_every`` steps back; with both 1,
+    exactly the state before the step that produced the bad weights) and :class:`TrainingError`
+    says which state it restored.  The epoch counter and history keep the completed epochs.
+    """
+
+    def __init__(self, trainer, check_every: int, snapshot_every: int):
+        self.trainer, self.check_every, self.snapshot_every = trainer, check_every, snapshot_every
+        self.good, self.pending, self.steps, self.flag = self._snapshot(trainer.epoch, 0), None, 0, None
+
+    def _snapshot(self, epoch, step):
+        t = self.trainer
+        copy = lambda arrays: {k: B.namespace(v).asarray(v, copy=True) for k, v in arrays.items()}
+        loss = copy(t.loss.state_arrays()) if isinstance(t.loss, Layer) else None
+        opt = {k: copy(slots) for k, slots in t.optimizer.state.items()}
+        return {"where": (epoch, step), "net": copy(t.net.state_arrays()), "loss": loss, "opt": opt,
+                "opt_steps": t.optimizer.steps, "lr": t.optimizer.lr, "counter": t.rng.counter,
+                "global_step": t.global_step}
+
+    def before_step(self, epoch, step):
+        if self.pending is None and self.steps and self.steps % self.snapshot_every == 0:
+            self.pending = self._snapshot(epoch, step)
+
+    def after_loss(self, loss, epoch, step, last: bool):
+        """Fold ``loss`` into the flag; at a check, accept the pending snapshot or roll back and raise."""
+        xp = B.namespace(loss)
+        ok = xp.isfinite(loss)
+        self.flag = ok if self.flag is None else self.flag & ok
+        self.steps += 1
+        if self.steps % self.check_every and not last:
+            return
+        if bool(self.flag):
+            self.flag = None
+            if self.pending is not None:
+                self.good, self.pending = self.pending, None
+            return
+        since = f"between steps {step + 2 - self._window()} and {step + 1}" if self.check_every > 1 else f"step {step + 1}"
+        self._fail(f"loss became NaN or Inf at epoch {epoch + 1}, {since}")
+
+    def _window(self):
+        return (self.steps - 1) % self.check_every + 1
+
+    def end_epoch(self, epoch):
+        """After an epoch's last step: the weights must be finite too (its update is unchecked)."""
+        for k, v in self.trainer.net.state_arrays().items():
+            xp = B.namespace(v)
+            if xp.isdtype(v.dtype, "real floating") and not bool(xp.all(xp.isfinite(v))):
+                self._fail(f"{k} became NaN or Inf in the last step of epoch {epoch + 1}")
+
+    def _fail(self, what):
+        self.rollback(self.good)
+        epoch, step = self.good["where"]
+        raise TrainingError(
+            f"{what}; training stopped and the model (weights, optimizer state, random counter) was rolled "
+            f"back to its state before step {step + 1} of epoch {epoch + 1}, the last state whose loss was "
+            "checked finite (try a lower learning rate)")
+
+    def rollback(self, snap):
+        t = self.trainer
+        t.net.load_state_arrays(snap["net"])
+        if snap["loss"] is not None:
+            t.loss.load_state_arrays(snap["loss"])
+        t.optimizer.state = {k: dict(slots) for k, slots in snap["opt"].items()}
+        t.optimizer.steps, t.optimizer.lr = snap["opt_steps"], snap["lr"]
+        t.rng.counter, t.global_step = snap["counter"], snap["global_step"]
 
 
 class Callback:
@@ -43,8 +123,10 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
-    with ``restore_best`` the best epoch's weights are put back at the end."""
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs
+    (a tie is no improvement); with ``restore_best`` the best epoch's weights are put back at the
+    end.  Its record (best value and epoch, epochs waited, best weights) is saved in a checkpoint,
+    so a run resumed after it stopped stays stopped, as the uninterrupted run did."""
 
     reads_gradients = False
 
@@ -55,6 +137,10 @@ class EarlyStopping(Callback):
     def on_train_begin(self, trainer):
         if trainer.epoch == 0:       # a fresh run; a resumed or continued one keeps its record
             self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+        elif self.wait >= self.patience:
+            # the run this record comes from stopped here: a resumed (or repeated) fit trains no
+            # further, as the uninterrupted run did not; pass a new EarlyStopping to train on
+            trainer.stop_training = True
 
     def state_dict(self):
         return ({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
@@ -106,6 +192,15 @@ class Trainer:
     device's free memory), else batch by batch as it is needed; ``stream_to_device`` (True /
     False) overrides that choice.  Either way the batches and the result are the same.
 
+    ``snapshot_every`` (default 32, or ``nan_check_every`` when that is larger) is how often the
+    :class:`NaNGuard` copies the state it rolls back to.
+
+    A net's output head (how ``predict`` reads its outputs, see :mod:`xpdnn.heads`) is set from
+    ``loss.head`` on the first fit; the history's ``accuracy`` follows it.
+
+    A trainer is not thread-safe: a second ``fit`` of the same trainer, or of another trainer on
+    the same net, while one runs in another thread raises RuntimeError instead of interleaving.
+
     ``fused_step`` (default None: automatic) lets the optimizer update a Linear layer's weights
     inside backprop on NumPy, where SGD folds momentum into the weight-gradient GEMM
     (``v = momentum * v + dY.T @ X`` in one BLAS call) and never stores that gradient.  The
@@ -118,7 +213,7 @@ class Trainer:
                  seed: int = 0, callbacks=(), progress: bool = True, device=None,
                  regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
                  drop_last: bool = False, fused_step: bool | None = None,
-                 stream_to_device: bool | None = None):
+                 stream_to_device: bool | None = None, snapshot_every: int | None = None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -130,7 +225,11 @@ class Trainer:
         self.progress = progress
         self.device = device
         self.rng = Stream(self.seed)
+        for name, every in (("nan_check_every", nan_check_every), ("snapshot_every", snapshot_every)):
+            if every is not None and int(every) < 1:
+                raise ValueError(f"{name} must be >= 1, got {every}")
         self.nan_check_every = nan_check_every
+        self.snapshot_every = snapshot_every
         self.drop_last = bool(drop_last)
         self.fused_step = fused_step
         self.stream_to_device = stream_to_device
@@ -139,6 +238,7 @@ class Trainer:
         self.global_step = 0         # optimizer steps taken so far
         self.history: dict[str, list] = {}
         self.stop_training = False
+        self.guard: NaNGuard | None = None
 
     # -- validation of inputs -------------------------------------------------------
     def _check_data(self, X, y, what=""):
@@ -189,6 +289,10 @@ class Trainer:
         """Train on arrays ``X`` (N, n_in) and ``y``, or on a :class:`~xpdnn.datasets.BatchStream`
         passed as ``X`` (batches streamed from host or memory-mapped arrays, each validated as
         it arrives; its own batch size, shuffling and seed apply)."""
+        with _exclusive(self, self.net):
+            return self._fit(X, y, validation)
+
+    def _fit(self, X, y, validation):
         from .datasets.streaming import BatchStream
 
         stream = X if isinstance(X, BatchStream) else None
@@ -204,6 +308,8 @@ class Trainer:
                 B.namespace(X, val[0])
                 B.same_device(X, val[0])
         net = self.net
+        if hasattr(net, "set_head"):
+            net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
         if getattr(net, "fresh", False):
             net.initialize(self.seed)
         self.stop_training = False
@@ -241,7 +347,10 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         start_epoch = self.epoch
+        self.guard = None
         for epoch in range(start_epoch, self.epochs):
+            if self.stop_training:       # a callback ended the run already (a resumed early stop)
+                break
             for cb in self.callbacks:
                 cb.on_epoch_begin(self, epoch)
             if stream is None:
@@ -251,6 +360,8 @@ class Trainer:
                 N, bs = stream.X.shape[0], stream.batch_size
                 logs = self._run_epoch(self._checked(stream), epoch, len(stream),
                                        min(N, len(stream) * bs))
+            if self.guard is not None:
+                self.guard.end_epoch(epoch)
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
             self.epoch = epoch + 1
@@ -294,7 +405,9 @@ class Trainer:
         net, loss_fn, opt = self.net, self.loss, self.optimizer
         bar = self._bar(epoch, N_used)
         loss_has_params = isinstance(loss_fn, Layer)
-        seen = 0
+        head = heads.head_of(loss_fn)
+        scored_acc = heads.has_accuracy(head)
+        seen, scored = 0, 0
         t0 = time.perf_counter()
         for step, (Xb, yb) in enumerate(batches):
             if step == 0:
@@ -304,9 +417,9 @@ class Trainer:
                     loss_fn.ensure_like(Xb)
                 total = xp.zeros((), dtype=Xb.dtype, device=dev)
                 correct = xp.zeros((), dtype=xp.int64, device=dev)
-                on_gpu = B.is_cupy(Xb) or (B.is_torch(Xb) and Xb.device.type != "cpu")
-                check_every = self.nan_check_every or (32 if on_gpu else 1)
-                finite = xp.ones((), dtype=xp.bool, device=dev)
+                if self.guard is None:
+                    self.guard = self._make_guard(Xb)
+            self.guard.before_step(epoch, step)
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
             net.zero_grad()
@@ -315,74 +428,47 @@ class Trainer:
             Z, backprop = (net.forward(Xb, train=True, rng=self.rng, input_grad=False)
                            if isinstance(net, Sequential) else net.forward(Xb, train=True, rng=self.rng))
             loss, dZ = loss_fn(Z, yb)
-            if check_every == 1:
-                if not bool(xp.isfinite(loss)):
-                    raise TrainingError(
-                        f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; training stopped "
-                        "before this step's update, so the model keeps the last good weights "
-                        "(try a lower learning rate)")
-            else:
-                # no host sync per step: flag on the device, look every `check_every` steps and
-                # roll back to the snapshot taken at the last good check
-                finite = finite & xp.isfinite(loss)
-                if step % check_every == 0:
-                    snapshot = self._snapshot()
-                    snap_step = step
-                if step % check_every == check_every - 1 or step == steps - 1:
-                    if not bool(finite):
-                        self._rollback(snapshot)
-                        raise TrainingError(
-                            f"loss became NaN or Inf at epoch {epoch + 1}, between steps {snap_step + 1} and "
-                            f"{step + 1}; the model was rolled back to its weights before step {snap_step + 1}, "
-                            "the last checked good state (try a lower learning rate)")
+            self.guard.after_loss(loss, epoch, step, last=step == steps - 1)
             backprop(dZ)
             extra = (loss_fn,) if loss_has_params else ()
             for reg in self.regularizers:
                 loss = loss + reg(net, *extra)
             if self.clip is not None:
                 self.clip(net, *extra)
-            if loss_has_params:
-                opt.step(net, loss_fn)
-            else:
-                opt.step(net)
+            opt.step(net, *extra)
             for constraint in self.constraints:
                 constraint(net, *extra)
             self.global_step += 1
             n = Xb.shape[0]
             seen += n
             total = total + loss * n
-            if loss_fn.classification:
-                labels = xp.argmax(yb, axis=1) if yb.ndim == 2 else yb     # probability targets: argmax
-                correct = correct + xp.sum(xp.astype(xp.argmax(Z, axis=1) == labels, xp.int64))
+            if scored_acc:
+                hits, k = heads.correct(head, Z, yb)
+                correct, scored = correct + hits, scored + k
             for cb in self.callbacks:
                 cb.on_batch_end(self, step, {"loss": loss, "size": n})
             if bar is not None:
                 bar.update(n)
                 if step % 10 == 9 or step == steps - 1:
                     post = {"loss": f"{float(total) / seen:.4f}"}
-                    if loss_fn.classification:
-                        post["acc"] = f"{int(correct) / seen:.3f}"
+                    if scored_acc:
+                        post["acc"] = f"{int(correct) / scored:.3f}"
                     bar.set_postfix(post, refresh=False)
         seconds = time.perf_counter() - t0
         if bar is not None:
             bar.close()
         logs = {"loss": float(total) / seen, "time": seconds,
                 "samples_per_s": seen / seconds if seconds else math.inf, "lr": opt.lr}
-        if loss_fn.classification:
-            logs["accuracy"] = int(correct) / seen
+        if scored_acc:
+            logs["accuracy"] = int(correct) / scored
         return logs
 
-    def _snapshot(self):
-        xp_copy = lambda a: B.namespace(a).asarray(a, copy=True)
-        opt = {k: {s: xp_copy(v) for s, v in slots.items()} for k, slots in self.optimizer.state.items()}
-        return ({k: xp_copy(v) for k, v in self.net.state_arrays().items()}, opt,
-                self.optimizer.steps, self.rng.counter, self.global_step)
-
-    def _rollback(self, snapshot):
-        arrays, opt, steps, counter, global_step = snapshot
-        self.net.load_state_arrays(arrays)
-        self.optimizer.state, self.optimizer.steps = opt, steps
-        self.rng.counter, self.global_step = counter, global_step
+    def _make_guard(self, X) -> NaNGuard:
+        """The NaN guard of this fit: the loss is read back every step on the CPU, every 32 steps
+        on a GPU (``nan_check_every`` overrides)."""
+        on_gpu = B.is_cupy(X) or (B.is_torch(X) and X.device.type != "cpu")
+        check_every = self.nan_check_every or (32 if on_gpu else 1)
+        return NaNGuard(self, check_every, self.snapshot_every or max(32, check_every))
 
     def _bar(self, epoch, N):
         if not self.progress:
@@ -398,24 +484,26 @@ class Trainer:
         return f"epoch {epoch + 1}: " + "  ".join(parts) + f"  ({logs['samples_per_s']:,.0f} samples/s)"
 
     def evaluate(self, X, y, batch_size: int = 4096) -> dict:
-        """Mean loss (and accuracy for classification losses) of the net on (X, y)."""
+        """Mean loss (and ``accuracy`` where the loss's output head has one, see
+        :mod:`xpdnn.heads`) of the net on (X, y)."""
         place = self.device is not None and B.is_numpy(X)     # host data for a net on ``device``
+        head = heads.head_of(self.loss)
         N = X.shape[0]
-        total, correct = 0.0, 0
+        total, correct, scored = 0.0, 0, 0
         for start in range(0, N, batch_size):
             stop = min(start + batch_size, N)
             Xb, yb = X[start:stop, ...], y[start:stop, ...]
             if place:
                 Xb, yb = self._place(Xb, yb)
-            xp = B.namespace(Xb)
             Z = self.net.forward(Xb, train=False)[0]
             loss = self.loss(Z, yb)[0]
             total += float(loss) * Xb.shape[0]
-            if self.loss.classification:
-                correct += int(xp.sum(xp.astype(xp.argmax(Z, axis=1) == (xp.argmax(yb, axis=1) if yb.ndim == 2 else yb), xp.int64)))
+            if heads.has_accuracy(head):
+                hits, k = heads.correct(head, Z, yb)
+                correct, scored = correct + int(hits), scored + k
         out = {"loss": total / N}
-        if self.loss.classification:
-            out["accuracy"] = correct / N
+        if heads.has_accuracy(head):
+            out["accuracy"] = correct / scored
         return out
 
     # -- checkpoints ------------------------------------------------------------------
@@ -463,3 +551,28 @@ class Trainer:
                     f"trainer's callback {i} is {type(mine).__name__ if mine is not None else 'missing'}; "
                     "pass the same callbacks, in the same order, to resume")
             mine.load_state_dict(entry["state"], arrays.get(i, {}))
+
+
+_BUSY: set = set()
+_BUSY_LOCK = threading.Lock()
+
+
+class _exclusive:
+    """Marks a trainer and its net as training for the length of a ``with`` block; a second
+    fit of either from another thread (or from a callback) raises instead of interleaving."""
+
+    def __init__(self, *objects):
+        self.keys = [id(o) for o in objects]
+
+    def __enter__(self):
+        with _BUSY_LOCK:
+            if any(k in _BUSY for k in self.keys):
+                raise RuntimeError("this Trainer or its network is already training (in another thread?); "
+                                   "xpdnn trainers are not thread-safe: fit one at a time, or give each "
+                                   "thread its own network and trainer")
+            _BUSY.update(self.keys)
+        return self
+
+    def __exit__(self, *exc):
+        with _BUSY_LOCK:
+            _BUSY.difference_update(self.keys)

@@ -50,9 +50,10 @@ class Linear(Layer):
         return {"n_in": self._n_in, "n_out": self.n_out, "init": self.init if isinstance(self.init, str) else "he",
                 "bias": self.bias, "use_bias": self.use_bias, "seed": self.seed, "dtype": self.dtype}
 
-    def forward(self, X, *, train=False, rng=None, fuse_relu=False, own_dY=False, input_grad=True):
+    def forward(self, X, *, train=False, rng=None, fuse_relu=False, input_grad=True):
         """``fuse_relu`` applies ReLU to the output in place (what ``Sequential`` does for a
-        Linear followed by a ReLU); ``own_dY`` lets that ReLU's backward overwrite ``dY``;
+        Linear followed by a ReLU); ``backprop(dY, own_dY=True)`` lets that ReLU's backward
+        overwrite ``dY`` (its caller says that nobody else holds it);
         ``input_grad=False`` skips ``dX = dY @ W`` (backprop returns None), for a first layer."""
         W = self.params["W"]
         if X.ndim != 2 or X.shape[1] != self._n_in:
@@ -64,7 +65,7 @@ class Linear(Layer):
         if fuse_relu:
             Y = cpu.relu_(Y) if fast else relu(Y)
 
-        def backprop(dY):
+        def backprop(dY, own_dY=False):
             xp = B.namespace(dY)
             if fuse_relu:
                 dY = cpu.relu_backward_(dY, Y) if fast and own_dY else relu_backward(dY, Y)

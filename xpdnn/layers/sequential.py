@@ -5,20 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
-from .activations import ReLU, Softmax, softmax
+from .activations import ReLU, Softmax
 from .linear import Linear
 from .base import Layer, layer_from_config, layer_to_config
+from .. import heads
 
 
 class Sequential(Layer):
     """``Sequential(layer_1, ..., layer_k)`` computes ``layer_k(...layer_1(X))``.
 
     ``forward`` returns the output and a backprop that runs the layers' backprops in reverse.
-    ``predict_proba`` / ``predict`` are evaluation-mode conveniences for classifiers whose last
-    layer outputs logits (a final :class:`Softmax` is not applied twice).
+    A :class:`Linear` directly followed by a :class:`ReLU` runs as one fused unit (decided here,
+    when the network is built).
+
+    ``head`` says how the outputs are read by ``predict_proba`` / ``predict`` (``"softmax"``,
+    ``"sigmoid"``, ``"margin"``, ``"signed"``, ``"identity"``, ``"features"``: see
+    :mod:`xpdnn.heads`).  Left None, the first :class:`~xpdnn.Trainer` fit sets it from its loss
+    (a binary cross-entropy net then predicts with a sigmoid, a regression net refuses
+    ``predict_proba``), and it is saved with the model.  A net that has no head yet is read as
+    softmax logits (a final :class:`Softmax` is not applied twice), except a one-output net,
+    which is refused.
     """
 
-    def __init__(self, *layers: Layer):
+    def __init__(self, *layers: Layer, head: str | None = None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -29,6 +38,7 @@ class Sequential(Layer):
         if dtypes:
             raise ValueError("layers with different dtypes; call .astype() on the Sequential")
         self.layers = list(layers)
+        self.head = heads.check_head(head)
         self.fresh = True   # never initialized from a seed, trained or loaded
         # a fitted xpdnn.preprocessing transformer applied to raw inputs by fit/predict (saved with the model)
         self.preprocessing = None
@@ -70,38 +80,61 @@ class Sequential(Layer):
         self.fresh = False
         return self
 
+    def _units(self):
+        """The forward plan, decided once per list of layers: (index, fuse_relu) per unit, where
+        a Linear followed by a ReLU is one unit (the ReLU applied in the Linear's output pass)."""
+        key = tuple(map(id, self.layers))
+        if self.__dict__.get("_plan_key") != key:
+            units, i, layers = [], 0, self.layers
+            while i < len(layers):
+                fuse = type(layers[i]) is Linear and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
+                units.append((i, fuse))
+                i += 2 if fuse else 1
+            self._plan, self._plan_key = units, key
+        return self._plan
+
     def forward(self, X, *, train=False, rng=None, input_grad=True):
         """``input_grad=False`` (what the trainer passes) lets a first Linear layer skip the
         input gradient nobody reads; backprop then returns None."""
         backprops = []
-        layers, i, last = self.layers, 0, len(self.layers) - 1
-        while i <= last:
-            layer = layers[i]
+        for i, fuse in self._units():
+            layer = self.layers[i]
             skip_dX = {"input_grad": False} if i == 0 and not input_grad and type(layer) is Linear else {}
-            if type(layer) is Linear and i < last and type(layers[i + 1]) is ReLU:
-                # Linear + ReLU in one pass; the ReLU's backward may overwrite a dY that an
-                # inner layer produced (never the caller's, which reaches only the last layer)
-                X, bp = layer.forward(X, train=train, rng=rng, fuse_relu=True, own_dY=i + 1 < last, **skip_dX)
-                i += 2
-            else:
-                X, bp = layer.forward(X, train=train, rng=rng, **skip_dX)
-                i += 1
-            backprops.append(bp)
+            X, bp = layer.forward(X, train=train, rng=rng, **({"fuse_relu": True} if fuse else {}), **skip_dX)
+            backprops.append((bp, fuse))
 
         def backprop(dY):
-            for bp in reversed(backprops):
-                dY = bp(dY)   # None only after a first layer told to skip its input gradient
+            given = dY
+            for bp, fuse in reversed(backprops):
+                # a fused ReLU may overwrite its dY in place only when that array is not the
+                # caller's (pass-through layers such as Identity or Dropout(0) hand it on as is)
+                dY = bp(dY, own_dY=not B.may_alias(dY, given)) if fuse else bp(dY)
             self.settle_grads()
-            return dY
+            return dY     # None only after a first layer told to skip its input gradient
 
         return X, backprop
 
     def get_config(self):
-        return {"layers": [layer_to_config(layer) for layer in self.layers]}
+        config = {"layers": [layer_to_config(layer) for layer in self.layers]}
+        if self.head is not None:
+            config["head"] = self.head
+        return config
 
     @classmethod
     def from_config(cls, config):
-        return cls(*[layer_from_config(spec) for spec in config["layers"]])
+        return cls(*[layer_from_config(spec) for spec in config["layers"]], head=config.get("head"))
+
+    def set_head(self, head):
+        """Record how the outputs are read (what a trainer does from its loss on the first fit);
+        a net that already has a different head refuses, before anything changes."""
+        heads.check_head(head)
+        if head is None or self.head == head:
+            return
+        if self.head is not None:
+            raise ValueError(f"this network's outputs are read as {self.head!r} but the loss trains "
+                             f"{head!r} outputs; build it with Sequential(..., head={head!r}) or set "
+                             f"net.head = None first")
+        self.head = head
 
     # -- inference ------------------------------------------------------------------
     def __call__(self, X):
@@ -124,22 +157,42 @@ class Sequential(Layer):
             X = self.preprocessing.transform(X)
         return xp.astype(X, B.resolve_dtype(xp, self.dtype), copy=False)
 
-    def predict_proba(self, X, batch_size: int = 4096):
-        """Class probabilities (N, C) for X (N, n_in), in X's library and on its device."""
+    def _read_head(self):
+        """The head outputs are read with: ``head``, or softmax logits for a net without one."""
+        if self.head is not None:
+            return self.head
+        if self.output_size(self.n_in) == 1:
+            raise ValueError("this one-output network does not know how its outputs are read: train it "
+                             "with a loss first, or build it with Sequential(..., head='sigmoid') (binary) "
+                             "or head='identity' (regression)")
+        return "softmax"
+
+    def _outputs(self, X, batch_size, read):
+        head = self._read_head()
         X = self.prepare(X)
         xp = B.namespace(X)
-        outs = []
-        for start in range(0, X.shape[0], batch_size):
-            Y = self.forward(X[start:min(start + batch_size, X.shape[0]), ...], train=False)[0]
-            outs.append(Y if isinstance(self.layers[-1], Softmax) else softmax(Y))
-        return xp.concat(outs, axis=0) if outs else xp.zeros((0, self.output_size(None) or 0))
+        done = bool(self.layers) and isinstance(self.layers[-1], Softmax)   # already probabilities
+        outs = [read(head, self.forward(X[s:min(s + batch_size, X.shape[0]), ...], train=False)[0],
+                     probabilities_already=done)
+                for s in range(0, X.shape[0], int(batch_size))]
+        if outs:
+            return xp.concat(outs, axis=0)
+        empty = read(head, xp.zeros((1, self.output_size(self.n_in) or 1), dtype=X.dtype))
+        return empty[:0, ...]
+
+    def predict_proba(self, X, batch_size: int = 4096):
+        """Probabilities for X (N, n_in), in X's library and on its device: (N, C) class
+        probabilities (softmax head), (N, 2) ``[P(0), P(1)]`` for a one-output sigmoid net,
+        (N, K) per-label probabilities for a K-output sigmoid net; other heads refuse (see
+        :mod:`xpdnn.heads`)."""
+        heads.check_probabilities(self._read_head())
+        return self._outputs(X, batch_size, heads.probabilities)
 
     def predict(self, X, batch_size: int = 4096):
-        """Predicted class labels (N,) as int64."""
-        xp = B.namespace(X) if B.is_array(X) else None
-        P = self.predict_proba(X, batch_size)
-        xp = xp or B.namespace(P)
-        return xp.astype(xp.argmax(P, axis=1), xp.int64)
+        """Predictions for X (N, n_in) as the head reads them: class labels (N,) int64
+        (softmax, margin, one-output sigmoid), (N, K) 0/1 or -1/+1 labels (multilabel sigmoid,
+        signed), or the outputs themselves (identity, regression)."""
+        return self._outputs(X, batch_size, heads.labels)
 
     def summary(self, n_in: int | None = None) -> "Summary":
         """Neurons and learnable parameters per layer (see :class:`Summary`)."""

@@ -14,6 +14,7 @@ LOSSES: dict[str, type] = {}
 
 class Loss:
     classification = False   # True when targets are class labels and accuracy is meaningful
+    head: str | None = None    # how the outputs it trains are read (see xpdnn.heads)
     # the Trainer sets this while it trains: it validated every label up front, so a label loss
     # may skip its per-call range check (which a direct call always makes)
     labels_prechecked = False

@@ -107,6 +107,7 @@ class SoftmaxCrossEntropy(Loss):
     """
 
     classification = True
+    head = "softmax"
 
     def __init__(self, weight=None, ignore_index: int | None = None, label_smoothing: float = 0.0,
                  reduction: str = "mean", fused: bool = True, inplace: bool = False):

@@ -144,6 +144,7 @@ class HierarchicalSoftmax(Layer):
 
     decay = ("W",)
     classification = False   # the loss protocol's flag: its inputs H are features, not class scores
+    head = "features"       # the net's outputs are read through this layer (xpdnn.heads)
     labels_prechecked = False   # set by the Trainer while it trains, as for a Loss
 
     def __init__(self, n_in: int, n_classes: int, *, tree: str = "balanced", class_counts=None,
