@@ -34,7 +34,11 @@ class Loss:
 
 
 def check_labels(y, n_classes: int | None, *, ignore_index: int | None = None, what="y"):
-    """Integer class labels in ``[0, n_classes)`` (``ignore_index`` allowed too)."""
+    """Class labels y: (N,) in ``[0, n_classes)`` (``ignore_index`` allowed too), returned as int64.
+
+    Integer dtypes are taken as they are.  Floating labels are accepted when every value is a
+    whole number (``0.0, 1.0, ...``, as a CSV column or a pandas float column holds them) and
+    converted to int64; a NaN, an infinity or a fractional value is an error, never a class."""
     xp = B.namespace(y)
     if y.ndim != 1:
         raise ValueError(f"{what} must be a 1-D array of class labels, got shape {tuple(y.shape)}")
@@ -43,6 +47,8 @@ def check_labels(y, n_classes: int | None, *, ignore_index: int | None = None, w
             raise ValueError(f"{what} contains NaN or Inf; class labels must be integers")
         if not bool(xp.all(y == xp.round(y))):
             raise ValueError(f"{what} contains non-integer values; class labels must be integers")
+        if y.shape[0] and float(xp.max(xp.abs(y))) >= 2.0 ** 53:
+            raise ValueError(f"{what} contains a label too large to be a class index")
     elif not xp.isdtype(y.dtype, "integral"):
         raise TypeError(f"{what} must hold integer class labels, got dtype {B.dtype_name(y.dtype)}")
     y = xp.astype(y, xp.int64)
