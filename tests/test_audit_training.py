@@ -384,3 +384,17 @@ def test_a_second_concurrent_fit_raises_instead_of_interleaving(rng):
     assert trainer.epoch == 2 and trainer.global_step == 8      # the first fit ran undisturbed
     other = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1), progress=False, epochs=1)
     other.fit(X, y)                                              # free again afterwards
+
+
+def test_mc_predict_follows_the_head(rng):
+    X, score = _data(rng)
+    y = (score > 0).astype(np.float32)
+    net = xd.Sequential(xd.Linear(5, 8), xd.ReLU(), xd.Dropout(0.3), xd.Linear(8, 1))
+    _fit(net, xd.BinaryCrossEntropy(), X, y)
+    mean, std = xd.mc_predict(net, X, n_samples=5)
+    assert tuple(mean.shape) == (96, 2)
+    np.testing.assert_allclose(B.to_numpy(mean).sum(axis=1), 1.0, rtol=1e-5)
+    reg = xd.Sequential(xd.Linear(5, 1))
+    _fit(reg, xd.MSE(), X, score.astype(np.float32))
+    with pytest.raises(ValueError, match="regression"):
+        xd.mc_predict(reg, X)

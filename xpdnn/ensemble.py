@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _backend as B
-from .layers.activations import Softmax, softmax
+from . import heads
+from .layers.activations import Softmax
 from .layers.base import Layer
 from .layers.dropconnect import DropConnect
 from .layers.dropout import Dropout
@@ -53,7 +54,9 @@ def mc_predict(net: Layer, X, n_samples: int = 30, seed: int = 0, *, batch_size:
     DropConnect) are stochastic; all other layers (BatchNorm!) run in evaluation mode.
 
     X: (N, n_in) -> (mean, std), both (N, C) in X's library: the average of the passes'
-    softmax probabilities (a final :class:`Softmax` layer is not applied twice) and their
+    probabilities as the net's head reads them (:meth:`Sequential.predict_proba`: softmax
+    classes, or sigmoid outputs for a binary / multilabel net; a final :class:`Softmax` layer is
+    not applied twice; a regression net is refused) and their
     standard deviation over the passes (``correction=0``).  The masks come from
     ``Stream(seed)``, so a call is reproducible.  A network without such layers gives one
     deterministic pass and a spread of exactly 0.
@@ -71,6 +74,8 @@ def mc_predict(net: Layer, X, n_samples: int = 30, seed: int = 0, *, batch_size:
         net.ensure_like(X)
     xp = B.namespace(X)
     last = net.layers[-1] if isinstance(net, Sequential) and net.layers else net
+    head = net._read_head() if isinstance(net, Sequential) else "softmax"
+    heads.check_probabilities(head)
     rng = Stream(seed)
     stochastic = _has_stochastic(net, kinds)
     K = n_samples if stochastic else 1
@@ -81,7 +86,7 @@ def mc_predict(net: Layer, X, n_samples: int = 30, seed: int = 0, *, batch_size:
         samples = []
         for _ in range(K):
             Y = stochastic_forward(net, Xb, rng, kinds)
-            samples.append(Y if isinstance(last, Softmax) else softmax(Y))
+            samples.append(heads.probabilities(head, Y, probabilities_already=isinstance(last, Softmax)))
         P = xp.stack(samples, axis=0)
         means.append(xp.mean(P, axis=0))
         stds.append(xp.std(P, axis=0) if stochastic else xp.zeros_like(samples[0]))
