@@ -300,7 +300,7 @@ def test_resume_after_early_stop_equals_the_uninterrupted_run(rng, tmp_path):
         net = xd.Sequential(xd.Linear(5, 8), xd.ReLU(), xd.Dropout(0.2), xd.Linear(8, 3))
         cbs = [xd.EarlyStopping(patience=2, restore_best=True), xd.ReduceLROnPlateau(factor=0.5, patience=1)]
         return xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.2, momentum=0.9), batch_size=16,
-                          epochs=30, seed=5, progress=False, callbacks=cbs)
+                          epochs=30, seed=5, progress=False, callbacks=cbs, fused_step=False)
 
     saved = []
     full = make()

@@ -13,6 +13,7 @@ from .regularizers import L1, L2, ElasticNet, MaxNorm, ClipGradNorm, ClipGradVal
 from .trainer import Trainer, Callback, EarlyStopping, TrainingError
 from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
+from .io import ModelFileError
 from .random import Stream
 from . import init, random, datasets, ensemble, regularizers, preprocessing, diagnostics
 

@@ -26,8 +26,8 @@ class NaNGuard:
     """Stops a fit at a non-finite loss and puts back the last state known to be good.
 
     Every step's loss is folded into a flag on the device, read back every ``check_every``
-    steps and at the end of each epoch (a GPU is not synchronized per step).  Before a step,
-    every ``snapshot_every`` steps, the guard copies everything a step advances: the net's
+    steps of an epoch and at its last step (a GPU is not synchronized per step).  Before an
+    epoch's first step and every ``snapshot_every`` steps, the guard copies everything a step advances: the net's
     parameters and buffers, a loss's parameters, the optimizer's state, step count and learning
     rate, the Philox counter and the global step.  That copy becomes the *good* state once a
     check finds every loss since it finite; the state the fit started from is the first one.
@@ -39,7 +39,7 @@ class NaNGuard:
 
     def __init__(self, trainer, check_every: int, snapshot_every: int):
         self.trainer, self.check_every, self.snapshot_every = trainer, check_every, snapshot_every
-        self.good, self.pending, self.steps, self.flag = self._snapshot(trainer.epoch, 0), None, 0, None
+        self.good, self.pending, self.since, self.flag = self._snapshot(trainer.epoch, 0), None, 0, None
 
     def _snapshot(self, epoch, step):
         t = self.trainer
@@ -51,27 +51,26 @@ class NaNGuard:
                 "global_step": t.global_step}
 
     def before_step(self, epoch, step):
-        if self.pending is None and self.steps and self.steps % self.snapshot_every == 0:
-            self.pending = self._snapshot(epoch, step)
+        """Take a snapshot at an epoch's start and every ``snapshot_every`` steps (one at a time)."""
+        if self.pending is None and self.since and (step == 0 or self.since >= self.snapshot_every):
+            self.pending, self.since = self._snapshot(epoch, step), 0
+        self.since += 1
 
     def after_loss(self, loss, epoch, step, last: bool):
         """Fold ``loss`` into the flag; at a check, accept the pending snapshot or roll back and raise."""
         xp = B.namespace(loss)
         ok = xp.isfinite(loss)
         self.flag = ok if self.flag is None else self.flag & ok
-        self.steps += 1
-        if self.steps % self.check_every and not last:
+        if (step + 1) % self.check_every and not last:      # windows are aligned to the epoch
             return
         if bool(self.flag):
             self.flag = None
             if self.pending is not None:
                 self.good, self.pending = self.pending, None
             return
-        since = f"between steps {step + 2 - self._window()} and {step + 1}" if self.check_every > 1 else f"step {step + 1}"
+        first = step - step % self.check_every
+        since = f"between steps {first + 1} and {step + 1}" if step > first else f"step {step + 1}"
         self._fail(f"loss became NaN or Inf at epoch {epoch + 1}, {since}")
-
-    def _window(self):
-        return (self.steps - 1) % self.check_every + 1
 
     def end_epoch(self, epoch):
         """After an epoch's last step: the weights must be finite too (its update is unchecked)."""
@@ -365,10 +364,18 @@ class Trainer:
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
             self.epoch = epoch + 1
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)    # callbacks may add keys to logs
+            # the history has this epoch before the callbacks run (a checkpoint saved by one holds
+            # it); keys a callback adds to logs are recorded after them
             for k, v in logs.items():
                 self.history.setdefault(k, []).append(v)
+            logged = set(logs)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, epoch, logs)
+            n = len(self.history["loss"])
+            for k in sorted(logs.keys() - logged):
+                values = self.history.setdefault(k, [])
+                if len(values) < n:            # not recorded by the callback itself
+                    values.extend([None] * (n - 1 - len(values)) + [logs[k]])
             if self.progress:
                 print(self._format_logs(epoch, logs), flush=True)
             if self.stop_training:
@@ -515,43 +522,102 @@ class Trainer:
     def restore(self, path) -> None:
         """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, a loss's
         parameters, RNG, epoch and the state of its callbacks); ``fit`` then continues from the
-        saved epoch up to ``epochs``."""
-        from .io import load_checkpoint
-        net, opt_meta, opt_arrays, trainer_meta, (loss_arrays, cb_arrays) = load_checkpoint(path, extras=True)
+        saved epoch up to ``epochs``.
+
+        All or nothing: the whole file is checked first (as :func:`xpdnn.load` checks it), then
+        against this trainer (the network's and a loss's parameter names and shapes, the
+        optimizer's type and state, the callbacks), and only then is anything changed; any
+        problem raises :class:`xpdnn.io.ModelFileError` and leaves the trainer as it was."""
+        from .io import read_checkpoint
+
+        ck = read_checkpoint(path)
+        ck.build_net()                                 # a file load would refuse is refused here too
+        ck.match("this trainer's network", self.net.state_arrays(), ck.weights)
+        loss_has_params = isinstance(self.loss, Layer) and bool(self.loss.params)
+        if loss_has_params:
+            if not ck.loss:
+                raise ck.error(f"the checkpoint has no parameters for the loss {type(self.loss).__name__}, "
+                               "which has some")
+            ck.match(f"this trainer's loss {type(self.loss).__name__}", self.loss.state_arrays(), ck.loss)
+        elif ck.loss:
+            raise ck.error(f"the checkpoint holds loss parameters ({sorted(ck.loss)[:3]}...) but this "
+                           f"trainer's loss {type(self.loss).__name__} has none")
+        shapes = {f"{p}/{n}": tuple(lay.params[n].shape) for p, lay, n in self.net.parameters()}
+        if loss_has_params:
+            shapes.update({f"loss1.{p}/{n}": tuple(lay.params[n].shape) for p, lay, n in self.loss.parameters()})
+        if ck.optimizer is not None:
+            opt_meta, opt_arrays = ck.optimizer
+            if opt_meta.get("type") != type(self.optimizer).__name__:
+                raise ck.error(f"the checkpoint's optimizer is a {opt_meta.get('type')}, this trainer's is a "
+                               f"{type(self.optimizer).__name__}; resume with the same optimizer")
+            try:
+                self.optimizer.check_state(opt_meta, opt_arrays, shapes)
+            except ValueError as exc:
+                raise ck.error(f"the optimizer state does not fit this trainer's {type(self.optimizer).__name__} "
+                               f"{self.optimizer.get_config()}: {exc}") from None
+        saved = ck.trainer
+        commit_callbacks = None
+        if saved is not None:
+            commit_callbacks = self._restore_callbacks(path, saved.get("callbacks", []), ck.callbacks)
+        # everything checked: apply
         like = next(iter(self.net.state_arrays().values()), None)
-        self.net.load_state_arrays(net.state_arrays())
+        self.net.load_state_arrays(ck.weights)
         self.net.fresh = False
-        if isinstance(self.loss, Layer) and self.loss.params:
-            if not loss_arrays:
-                raise ValueError(f"{path}: the checkpoint has no parameters for the loss "
-                                 f"{type(self.loss).__name__}, which has some")
+        if loss_has_params:
             self.loss.load_state_arrays({k: B.from_numpy(v, like=like) if like is not None else v
-                                         for k, v in loss_arrays.items()})
-        elif loss_arrays:
-            raise ValueError(f"{path}: the checkpoint holds loss parameters ({sorted(loss_arrays)[:3]}...) but this "
-                             f"trainer's loss {type(self.loss).__name__} has none")
-        if opt_meta is not None:
-            self.optimizer.load_state_dict(opt_meta, opt_arrays, like=like)
-        if trainer_meta is not None:
-            self.rng.load_state_dict(trainer_meta["rng"])
-            self.epoch = int(trainer_meta["epoch"])
-            self.seed = int(trainer_meta["seed"])
-            self.global_step = int(trainer_meta.get("global_step", 0))
-            self.history = trainer_meta.get("history", {})
-            self._restore_callbacks(path, trainer_meta.get("callbacks", []), cb_arrays)
+                                         for k, v in ck.loss.items()})
+        if ck.optimizer is not None:
+            self.optimizer.load_state_dict(*ck.optimizer, like=like, shapes=shapes)
+        if saved is not None:
+            self.rng.load_state_dict(saved["rng"])
+            self.epoch = saved["epoch"]
+            self.seed = saved["seed"]
+            self.global_step = saved.get("global_step", 0)
+            self.history = {k: list(v) for k, v in saved.get("history", {}).items()}
+            commit_callbacks()
 
     def _restore_callbacks(self, path, saved, arrays):
+        """Check each saved callback state against this trainer's callback at the same index by
+        loading it into a copy of that callback; returns a function that installs the copies'
+        state (nothing changes before it is called).  Raises :class:`xpdnn.io.ModelFileError`."""
+        import copy
+        from .io import ModelFileError
+
+        staged = []
         for i, entry in enumerate(saved):
             if entry.get("state") is None:
                 continue
             mine = self.callbacks[i] if i < len(self.callbacks) else None
             if mine is None or type(mine).__name__ != entry["type"]:
-                raise ValueError(
+                raise ModelFileError(
                     f"{path}: callback {i} in the checkpoint is a {entry['type']} with saved state, but this "
                     f"trainer's callback {i} is {type(mine).__name__ if mine is not None else 'missing'}; "
                     "pass the same callbacks, in the same order, to resume")
-            mine.load_state_dict(entry["state"], arrays.get(i, {}))
+            state, got = entry["state"], arrays.get(i, {})
+            try:
+                if isinstance(mine, EarlyStopping):
+                    best, epoch, wait = state.get("best"), state.get("best_epoch"), state.get("wait")
+                    if isinstance(best, bool) or not isinstance(best, (int, float)):
+                        raise ValueError(f"best must be a number, got {best!r}")
+                    for name, v in (("best_epoch", epoch), ("wait", wait)):
+                        if not (v is None and name == "best_epoch") and (
+                                isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+                    net = self.net.state_arrays()
+                    if got and (set(got) != set(net)
+                                or any(tuple(got[k].shape) != tuple(net[k].shape) for k in got)):
+                        raise ValueError("its best weights do not match this trainer's network")
+                new = copy.copy(mine)
+                new.load_state_dict(state, got)
+            except Exception as exc:
+                raise ModelFileError(f"{path}: the state of callback {i} ({entry['type']}) is invalid: "
+                                     f"{type(exc).__name__}: {exc}") from None
+            staged.append((mine, new))
 
+        def commit():
+            for mine, new in staged:
+                mine.__dict__.update(new.__dict__)
+        return commit
 
 _BUSY: set = set()
 _BUSY_LOCK = threading.Lock()

@@ -227,3 +227,119 @@ def layer_from_config(spec: dict) -> Layer:
 
 def layer_to_config(layer: Layer) -> dict:
     return {"type": type(layer).__name__, "config": layer.get_config()}
+
+
+# -- expected state from a config, without building the layer --------------------------------
+MAX_DEPTH = 64          # nesting of Sequentials accepted in a saved architecture
+
+
+def _int_field(config, key, default=None, *, low=1, optional=False):
+    v = config.get(key, default)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{key} must be an integer, got {repr(v)[:80]}")
+    if int(v) < low:
+        raise ValueError(f"{key} must be >= {low}, got {repr(v)[:80]}")
+    return int(v)
+
+
+def _bool_field(config, key, default):
+    v = config.get(key, default)
+    if not isinstance(v, (bool, np.bool_)):
+        raise ValueError(f"{key} must be true or false, got {repr(v)[:80]}")
+    return bool(v)
+
+
+def _dense(W="W", bias="b", pieces=False):
+    """Shapes of a dense layer: W (n_out, n_in) (with pieces: (pieces, n_out, n_in)), bias (n_out,)."""
+    def rule(c):
+        n_in, n_out = _int_field(c, "n_in"), _int_field(c, "n_out")
+        if pieces:
+            k = _int_field(c, "pieces", 2)
+            return {W: (k, n_out, n_in), bias: (k, n_out)}, {}
+        params = {W: (n_out, n_in)}
+        if bias and _bool_field(c, "use_bias", True):
+            params[bias] = (n_out,)
+        return params, {}
+    return rule
+
+
+def _affine(buffers):
+    def rule(c):
+        n = _int_field(c, "n_features")
+        return {"gamma": (n,), "beta": (n,)}, {name: (n,) for name in buffers}
+    return rule
+
+
+def _weight_norm(c):
+    n_in, n_out = _int_field(c, "n_in"), _int_field(c, "n_out")
+    return {"v": (n_out, n_in), "g": (n_out,), "b": (n_out,)}, {}
+
+
+def _prelu(c):
+    return {"alpha": (_int_field(c, "n_units", optional=True) or 1,)}, {}
+
+
+def _hierarchical(c):
+    n_in, n_classes = _int_field(c, "n_in"), _int_field(c, "n_classes", low=2)
+    return {"W": (n_classes - 1, n_in), "b": (n_classes - 1,)}, {}
+
+
+# (parameter shapes, buffer shapes) of the built-in layers with state, from their config; every
+# one is checked against a real construction by tests/test_audit_files.py
+STATE_RULES = {
+    "Linear": _dense(), "DropConnect": _dense(), "CosineLinear": _dense(bias=None),
+    "Maxout": _dense(pieces=True), "WeightNormLinear": _weight_norm,
+    "BatchNorm1d": _affine(("running_mean", "running_var")), "LayerNorm": _affine(()),
+    "PReLU": _prelu, "HierarchicalSoftmax": _hierarchical,
+}
+# built-in layers that hold no parameters or buffers
+STATELESS = frozenset({"Identity", "ReLU", "Sigmoid", "Tanh", "Softmax", "Dropout", "GaussianNoise", "LeakyReLU",
+                       "RReLU", "ELU", "Softplus", "GELU", "SiLU"})
+
+
+def state_shapes(spec: dict, prefix: str = "", _depth: int = 0) -> list[tuple[str, str, str, tuple]]:
+    """What a layer built from ``spec`` ({"type", "config"}) holds, without building it:
+    ``(path, name, kind, shape)`` per parameter (``kind="param"``) and buffer (``"buffer"``),
+    in :meth:`Layer.state_arrays` order (the array's name is ``f"{path}.{name}"``, or ``name`` at
+    the root).  Built-in layers are read from their config alone, so a config declaring a huge
+    layer costs nothing; a layer type registered elsewhere is built once to read its state.
+    Raises ValueError for a malformed spec."""
+    if _depth > MAX_DEPTH:
+        raise ValueError(f"the architecture is nested more than {MAX_DEPTH} levels deep")
+    if not isinstance(spec, dict):
+        raise ValueError(f"a layer spec must be a JSON object, got {type(spec).__name__}")
+    kind = spec.get("type")
+    # private base classes (``_Affine``, ...) are never saved: a file naming one is refused
+    cls = LAYERS.get(kind) if isinstance(kind, str) and not kind.startswith("_") else None
+    if cls is None:
+        raise ValueError(f"unknown layer type {repr(kind)[:80]} in the architecture")
+    config = spec.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"the config of a {kind} must be a JSON object, got {type(config).__name__}")
+    builtin = cls.__module__.startswith("xpdnn.")
+    if builtin and kind == "Sequential":
+        layers = config.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError(f"a Sequential config needs a list of layers, got {layers!r}"[:200])
+        out = []
+        for i, sub in enumerate(layers):
+            path = f"{prefix}.layers.{i}" if prefix else f"layers.{i}"
+            out += state_shapes(sub, path, _depth + 1)
+        return out
+    if builtin and kind in STATELESS:
+        return []
+    if builtin and kind in STATE_RULES:
+        try:
+            params, buffers = STATE_RULES[kind](config)
+        except ValueError as exc:
+            raise ValueError(f"{kind} config: {exc}") from None
+        return ([(prefix, n, "param", params[n]) for n in sorted(params)]
+                + [(prefix, n, "buffer", buffers[n]) for n in sorted(buffers)])
+    layer = layer_from_config(spec)
+    out = []
+    for path, sub in layer.named_layers(prefix):
+        out += [(path, n, "param", tuple(sub.params[n].shape)) for n in sorted(sub.params)]
+        out += [(path, n, "buffer", tuple(sub.buffers[n].shape)) for n in sorted(sub.buffers)]
+    return out

@@ -12,18 +12,7 @@ import math
 
 from .. import _backend as B
 from ..kernels import cpu
-from .base import Optimizer
-
-
-def _check_nonnegative(**values):
-    for name, v in values.items():
-        if not float(v) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {v}")
-
-
-def _check_beta(name, v):
-    if not 0.0 <= float(v) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {v}")
+from .base import Optimizer, flag, in_unit, nonnegative
 
 
 def _slots(opt, key, W, names, fill=0.0):
@@ -43,10 +32,12 @@ class Adagrad(Optimizer):
     def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10):
         super().__init__(lr)
-        _check_nonnegative(lr_decay=lr_decay, weight_decay=weight_decay,
-                           initial_accumulator_value=initial_accumulator_value, eps=eps)
-        self.lr_decay, self.weight_decay = float(lr_decay), float(weight_decay)
-        self.initial_accumulator_value, self.eps = float(initial_accumulator_value), float(eps)
+        self.lr_decay, self.weight_decay = nonnegative("lr_decay", lr_decay), nonnegative("weight_decay", weight_decay)
+        self.initial_accumulator_value = nonnegative("initial_accumulator_value", initial_accumulator_value)
+        self.eps = nonnegative("eps", eps)
+
+    def slots(self):
+        return ("sum",)
 
     def get_config(self):
         return {"lr": self.lr, "lr_decay": self.lr_decay, "weight_decay": self.weight_decay,
@@ -75,11 +66,13 @@ class RMSProp(Optimizer):
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
                  momentum: float = 0.0, centered: bool = False):
         super().__init__(lr)
-        _check_beta("alpha", alpha)
-        _check_nonnegative(eps=eps, weight_decay=weight_decay)
-        _check_beta("momentum", momentum)
-        self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
-        self.momentum, self.centered = float(momentum), bool(centered)
+        self.alpha, self.eps = in_unit("alpha", alpha), nonnegative("eps", eps)
+        self.weight_decay = nonnegative("weight_decay", weight_decay)
+        self.momentum, self.centered = in_unit("momentum", momentum), flag("centered", centered)
+
+    def slots(self):
+        return ("square_avg",) + (("grad_avg",) if self.centered else ()) \
+            + (("momentum_buffer",) if self.momentum else ())
 
     def get_config(self):
         return {"lr": self.lr, "alpha": self.alpha, "eps": self.eps, "weight_decay": self.weight_decay,
@@ -89,9 +82,7 @@ class RMSProp(Optimizer):
         xp = B.namespace(W, dW)
         a = self.alpha
         g = dW + self.weight_decay * W if decay and self.weight_decay else dW
-        names = ("square_avg",) + (("grad_avg",) if self.centered else ()) \
-            + (("momentum_buffer",) if self.momentum else ())
-        slots = _slots(self, key, W, names)
+        slots = _slots(self, key, W, self.slots())
         sq = slots["square_avg"]
         sq *= a
         sq += (1.0 - a) * (g * g)
@@ -126,14 +117,14 @@ class Adam(Optimizer):
     def __init__(self, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  amsgrad: bool = False):
         super().__init__(lr)
-        try:
-            b1, b2 = (float(b) for b in betas)
-        except (TypeError, ValueError):
-            raise ValueError(f"betas must be a pair of floats, got {betas!r}") from None
-        _check_beta("betas[0]", b1)
-        _check_beta("betas[1]", b2)
-        _check_nonnegative(eps=eps, weight_decay=weight_decay)
-        self.betas, self.eps, self.weight_decay, self.amsgrad = (b1, b2), float(eps), float(weight_decay), bool(amsgrad)
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair of numbers, got {betas!r}")
+        b1, b2 = in_unit("betas[0]", betas[0]), in_unit("betas[1]", betas[1])
+        self.betas, self.eps = (b1, b2), nonnegative("eps", eps)
+        self.weight_decay, self.amsgrad = nonnegative("weight_decay", weight_decay), flag("amsgrad", amsgrad)
+
+    def slots(self):
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
 
     def get_config(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay,
@@ -149,8 +140,7 @@ class Adam(Optimizer):
                 W *= 1.0 - self.lr * self.weight_decay
             else:
                 g = dW + self.weight_decay * W
-        names = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
-        slots = _slots(self, key, W, names)
+        slots = _slots(self, key, W, self.slots())
         if cpu.handles(W, g, *slots.values()):
             return cpu.adam_step_(W, g, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq"),
                                   lr=self.lr, b1=b1, b2=b2, eps=self.eps, t=t, scratch=self._scratch(key, W),

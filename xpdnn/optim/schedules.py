@@ -22,15 +22,13 @@ from __future__ import annotations
 import math
 
 from ..trainer import Callback
+from .base import integer, nonnegative, positive, real
 
 PERIODS = ("epoch", "step")
 
 
-def _positive(name, v, integer=False):
-    v = int(v) if integer else float(v)
-    if not v > 0 or (not integer and math.isinf(v)):
-        raise ValueError(f"{name} must be > 0, got {v}")
-    return v
+def _positive(name, v, integer_=False):
+    return integer(name, v, low=1) if integer_ else positive(name, v)
 
 
 class Schedule(Callback):
@@ -39,7 +37,7 @@ class Schedule(Callback):
     reads_gradients = False
 
     def __init__(self, lr0: float | None = None, per: str = "epoch"):
-        if per not in PERIODS:
+        if not isinstance(per, str) or per not in PERIODS:
             raise ValueError(f"per must be one of {PERIODS}, got {per!r}")
         self.lr0 = None if lr0 is None else _positive("lr0", lr0)
         self.per = per
@@ -62,7 +60,16 @@ class Schedule(Callback):
         return {"lr0": self.lr0}, {}
 
     def load_state_dict(self, state, arrays):
-        self.lr0 = None if state.get("lr0") is None else float(state["lr0"])
+        """Checks everything before it changes anything (ValueError naming the problem)."""
+        self.lr0 = self._check_saved(state, arrays)["lr0"]
+
+    def _check_saved(self, state, arrays) -> dict:
+        if not isinstance(state, dict):
+            raise ValueError(f"{type(self).__name__} state must be a JSON object, got {type(state).__name__}")
+        if arrays:
+            raise ValueError(f"{type(self).__name__} keeps no arrays, the state has {sorted(arrays)[:3]}")
+        lr0 = state.get("lr0")
+        return {"lr0": None if lr0 is None else nonnegative("lr0", lr0)}
 
     def on_epoch_begin(self, trainer, epoch):
         if self.per == "epoch":
@@ -78,7 +85,7 @@ class StepDecay(Schedule):
 
     def __init__(self, step_size: int, gamma: float = 0.1, lr0: float | None = None, per: str = "epoch"):
         super().__init__(lr0, per)
-        self.step_size = _positive("step_size", step_size, integer=True)
+        self.step_size = _positive("step_size", step_size, integer_=True)
         self.gamma = _positive("gamma", gamma)
 
     def lr_at(self, t):
@@ -101,10 +108,7 @@ class InverseTimeDecay(Schedule):
 
     def __init__(self, k: float, lr0: float | None = None, per: str = "epoch"):
         super().__init__(lr0, per)
-        k = float(k)
-        if not k >= 0 or math.isinf(k):
-            raise ValueError(f"k must be a finite number >= 0, got {k}")
-        self.k = k
+        self.k = nonnegative("k", k)
 
     def lr_at(self, t):
         return self._base() / (1.0 + self.k * int(t))
@@ -118,13 +122,11 @@ class CosineWarmup(Schedule):
     def __init__(self, total: int, warmup: int = 0, lr0: float | None = None, min_lr: float = 0.0,
                  per: str = "step"):
         super().__init__(lr0, per)
-        self.total = _positive("total", total, integer=True)
-        self.warmup = int(warmup)
+        self.total = _positive("total", total, integer_=True)
+        self.warmup = integer("warmup", warmup)
         if not 0 <= self.warmup < self.total:
             raise ValueError(f"warmup must be in [0, total={self.total}), got {warmup}")
-        self.min_lr = float(min_lr)
-        if not self.min_lr >= 0:
-            raise ValueError(f"min_lr must be >= 0, got {min_lr}")
+        self.min_lr = nonnegative("min_lr", min_lr)
 
     def lr_at(self, t):
         lr0, t = self._base(), int(t)
@@ -147,19 +149,18 @@ class ReduceLROnPlateau(Schedule):
                  threshold: float = 1e-4, threshold_mode: str = "rel", cooldown: int = 0, mode: str = "min",
                  lr0: float | None = None):
         super().__init__(lr0, "epoch")
-        if not 0.0 < float(factor) < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        if int(patience) < 0 or int(cooldown) < 0:
-            raise ValueError(f"patience and cooldown must be >= 0, got {patience} and {cooldown}")
-        if mode not in ("min", "max"):
+        if not isinstance(monitor, str):
+            raise ValueError(f"monitor must be the name of a logged value, got {monitor!r}")
+        if not 0.0 < real("factor", factor) < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        patience, cooldown = integer("patience", patience, low=0), integer("cooldown", cooldown, low=0)
+        if not isinstance(mode, str) or mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        if threshold_mode not in ("rel", "abs"):
+        if not isinstance(threshold_mode, str) or threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
-        if not float(min_lr) >= 0 or not float(threshold) >= 0:
-            raise ValueError(f"min_lr and threshold must be >= 0, got {min_lr} and {threshold}")
-        self.monitor, self.factor, self.patience = monitor, float(factor), int(patience)
-        self.min_lr, self.threshold, self.threshold_mode = float(min_lr), float(threshold), threshold_mode
-        self.cooldown, self.mode = int(cooldown), mode
+        self.monitor, self.factor, self.patience = monitor, float(factor), patience
+        self.min_lr, self.threshold = nonnegative("min_lr", min_lr), nonnegative("threshold", threshold)
+        self.threshold_mode, self.cooldown, self.mode = threshold_mode, cooldown, mode
         self.values: list[float] = []
 
     def _better(self, value, best):
@@ -199,8 +200,17 @@ class ReduceLROnPlateau(Schedule):
         return {"lr0": self.lr0, "values": list(self.values)}, {}
 
     def load_state_dict(self, state, arrays):
-        super().load_state_dict(state, arrays)
-        self.values = [float(v) for v in state.get("values", [])]
+        """Checks everything before it changes anything (ValueError naming the problem)."""
+        saved = self._check_saved(state, arrays)
+        values = state.get("values", [])
+        if not isinstance(values, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise ValueError(f"ReduceLROnPlateau state: values must be a list of numbers, got {values!r}"[:300])
+        try:
+            values = [float(v) for v in values]
+        except OverflowError:
+            raise ValueError("ReduceLROnPlateau state: a value does not fit a float") from None
+        self.lr0, self.values = saved["lr0"], values
 
     def on_epoch_begin(self, trainer, epoch):
         pass

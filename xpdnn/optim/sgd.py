@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from ..kernels import cpu
-from .base import Optimizer
+from .base import Optimizer, flag, in_unit, nonnegative
 
 
 class SGD(Optimizer):
@@ -20,16 +20,15 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0):
         super().__init__(lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not 0.0 <= dampening <= 1.0:
-            raise ValueError(f"dampening must be in [0, 1], got {dampening}")
+        momentum, weight_decay = in_unit("momentum", momentum), nonnegative("weight_decay", weight_decay)
+        dampening, nesterov = in_unit("dampening", dampening, closed=True), flag("nesterov", nesterov)
         if nesterov and (momentum == 0 or dampening != 0):
-            raise ValueError("Nesterov momentum needs momentum > 0 and dampening = 0")
-        self.momentum, self.weight_decay, self.nesterov = float(momentum), float(weight_decay), bool(nesterov)
-        self.dampening = float(dampening)
+            raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
+        self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
+        self.dampening = dampening
+
+    def slots(self):
+        return ("velocity",) if self.momentum else ()
 
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
