@@ -1,7 +1,8 @@
 """Rectifiers with a non-zero negative side: LeakyReLU, PReLU, RReLU and ELU.
 
 All are elementwise: X of any shape -> Y of the same shape.  Like PyTorch, the positive branch
-is taken for ``X > 0``, so the gradient at exactly 0 is the negative side's.
+is taken for ``X > 0``, so the gradient at exactly 0 is the negative side's; at a NaN input
+output and gradient are NaN (the rules of :mod:`xpdnn.layers.activations`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import random as xrandom
+from .activations import propagate_nan
 from .base import Layer
 
 
@@ -23,8 +25,9 @@ def leaky_relu(X, alpha):
 
 
 def leaky_relu_backward(dY, X, alpha):
+    """``dY`` where ``X > 0``, ``alpha * dY`` where ``X <= 0``, NaN where X is NaN."""
     xp = B.namespace(dY)
-    return xp.where(X > 0, dY, alpha * dY)
+    return propagate_nan(X, xp.where(X > 0, dY, alpha * dY))
 
 
 def elu(X, alpha=1.0):
@@ -35,7 +38,7 @@ def elu(X, alpha=1.0):
 
 
 def elu_backward(dY, X, alpha=1.0):
-    # d/dX alpha * (exp(X) - 1) = alpha * exp(X)
+    # d/dX alpha * (exp(X) - 1) = alpha * exp(X); NaN at NaN through exp
     xp = B.namespace(dY)
     neg = xp.minimum(X, xp.zeros_like(X))
     return xp.where(X > 0, dY, dY * (alpha * xp.exp(neg)))
@@ -146,15 +149,12 @@ class RReLU(Layer):
         return B.from_numpy(a, like=like)
 
     def forward(self, X, *, train=False, rng=None):
-        xp = B.namespace(X)
         if not train:
             a = 0.5 * (self.lower + self.upper)
             return leaky_relu(X, a), lambda dY: leaky_relu_backward(dY, X, a)
         seed, counter = (rng or self._own).take()
         A = self.slopes(seed, counter, tuple(X.shape), X)
-        pos = X > 0
-        Y = xp.where(pos, X, A * X)
-        return Y, lambda dY: xp.where(pos, dY, A * dY)
+        return leaky_relu(X, A), lambda dY: leaky_relu_backward(dY, X, A)
 
 
 class ELU(Layer):

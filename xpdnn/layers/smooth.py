@@ -1,7 +1,9 @@
 """Smooth activations: Softplus, GELU and SiLU, and the error function GELU needs.
 
 All are elementwise: X of any shape -> Y of the same shape, evaluated without overflow for
-inputs of any size.  The Array API has no ``erf``, so :func:`erfc` is implemented here.
+inputs of any size (and, for Softplus, any ``beta``); NaN in gives NaN out and a NaN gradient
+(the rules of :mod:`xpdnn.layers.activations`).  The Array API has no ``erf``, so
+:func:`erfc` is implemented here.
 """
 
 from __future__ import annotations
@@ -79,16 +81,39 @@ def normal_cdf(X):
     return xp.where(X < 0, E, 1.0 - E)
 
 
+# exp(-_EXP_CUT) is 0 in float64 and float32: beyond it nothing depends on |beta X|
+_EXP_CUT = 800.0
+
+
+def _times_beta(X, beta):
+    """``beta X``, with X clipped to ``|beta X| <= 800`` when ``beta > 1`` so that the product
+    never overflows (``beta X`` is only used inside ``exp(-|beta X|)`` and the sigmoid)."""
+    if beta == 1.0:
+        return X
+    if beta > 1.0:
+        cut = _EXP_CUT / beta
+        X = B.namespace(X).clip(X, min=-cut, max=cut)
+    return beta * X
+
+
 def softplus(X, beta=1.0):
-    """``Y = log(1 + exp(beta X)) / beta`` as ``max(beta X, 0) + log1p(exp(-|beta X|))``."""
+    """``Y = log(1 + exp(beta X)) / beta`` as ``max(X, 0) + log1p(exp(-|beta X|)) / beta``:
+    finite wherever the result is (``beta X`` may overflow, ``Y`` does not), and accurate in
+    the underflowing negative tail for ``beta < 1``, where ``exp(beta X) / beta`` is a normal
+    number although ``exp(beta X)`` is not."""
     xp = B.namespace(X)
-    Z = beta * X
-    return (xp.maximum(Z, xp.zeros_like(Z)) + xp.log1p(xp.exp(-xp.abs(Z)))) / beta
+    A = xp.abs(_times_beta(X, beta))
+    soft = xp.log1p(xp.exp(-A)) / beta
+    if beta < 1.0:
+        # log1p(e) = e to working precision for e < exp(-40); the clip keeps the unused
+        # branch at or below exp(-40) / beta
+        soft = xp.where(A > 40.0, xp.exp(-math.log(beta) - xp.clip(A, min=40.0)), soft)
+    return xp.maximum(X, xp.zeros_like(X)) + soft
 
 
 def softplus_backward(dY, X, beta=1.0):
     # the derivative of softplus is the sigmoid
-    return dY * sigmoid(beta * X)
+    return dY * sigmoid(_times_beta(X, beta))
 
 
 def gelu(X):
@@ -141,7 +166,8 @@ def silu_backward(dY, X, S=None):
 
 class Softplus(Layer):
     """``Y = log(1 + exp(beta X)) / beta``, a smooth ReLU whose derivative is
-    ``sigmoid(beta X)``; exact for every X (PyTorch's ``threshold`` shortcut is not needed)."""
+    ``sigmoid(beta X)``; exact for every X and every ``beta > 0`` without overflow or spurious
+    underflow (PyTorch's ``threshold`` shortcut is not needed)."""
 
     def __init__(self, beta: float = 1.0, *, dtype: str = "float32"):
         super().__init__(dtype)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
-from ..layers.activations import sigmoid
 from .base import Loss
 from .cross_entropy import check_class_weights, check_reduction
 
@@ -25,13 +24,24 @@ def softplus(X):
 def logistic_terms(X, T, pos_weight=None):
     """Elementwise binary cross-entropy of logits X against targets T in [0, 1] (same shape)
     and its derivative: ``l = pw T softplus(-X) + (1 - T) softplus(X)``,
-    ``dl/dX = sigmoid(X) (pw T + 1 - T) - pw T`` (``pw = 1`` without ``pos_weight``, which
-    broadcasts against the last axis)."""
-    S = sigmoid(X)
-    if pos_weight is None:
-        return T * softplus(-X) + (1.0 - T) * softplus(X), S - T
-    PT = pos_weight * T
-    return PT * softplus(-X) + (1.0 - T) * softplus(X), S * (PT + 1.0 - T) - PT
+    ``dl/dX = (1 - T) sigmoid(X) - pw T sigmoid(-X)`` (``pw = 1`` without ``pos_weight``,
+    which broadcasts against the last axis).
+
+    The gradient is not formed as ``sigmoid(X) - T``: for a confident right answer that
+    difference cancels (X = 40, T = 1 gives 0 instead of ``-exp(-40)``).  With
+    ``e = exp(-|X|)`` and ``r = 1 / (1 + e)``, ``sigmoid(|X|) = r`` and ``sigmoid(-|X|) = e r``
+    both have full relative accuracy, so ``dl/dX = r ((1 - T) - pw T e)`` for ``X >= 0`` and
+    ``r ((1 - T) e - pw T)`` below; the softplus terms share ``e`` too
+    (``softplus(+-X) = max(+-X, 0) + log1p(e)``)."""
+    xp = B.namespace(X, T)
+    E = xp.exp(-xp.abs(X))
+    R = 1.0 / (1.0 + E)
+    tail = xp.log1p(E)
+    zero = xp.zeros_like(X)
+    PT = T if pos_weight is None else pos_weight * T
+    NT = 1.0 - T
+    L = PT * (xp.maximum(-X, zero) + tail) + NT * (xp.maximum(X, zero) + tail)
+    return L, R * xp.where(X >= 0, NT - PT * E, NT * E - PT)
 
 
 def _check_binary_targets(y, n_outputs, what, binary_only):
@@ -80,6 +90,7 @@ class BinaryCrossEntropy(Loss):
     """
 
     classification = False
+    head = "sigmoid"
 
     def __init__(self, pos_weight=None, reduction: str = "mean"):
         if pos_weight is None:
@@ -138,6 +149,7 @@ class MultiLabelLogistic(Loss):
     """
 
     classification = False
+    head = "sigmoid"
 
     def __init__(self, weight=None, reduction: str = "mean"):
         self.weight = check_class_weights(weight)

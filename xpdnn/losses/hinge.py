@@ -54,6 +54,7 @@ class MulticlassHinge(Loss):
     """
 
     classification = True
+    head = "margin"
 
     def __init__(self, margin: float = 1.0, *, squared: bool = False, normalize: str = "none",
                  reduction: str = "mean"):
@@ -138,6 +139,8 @@ class MultilabelHinge(Loss):
     Returns (loss, dZ: (N, K)) with dZ_ij = -p y_ij m_ij ** (p - 1) on active hinges.
     Labels are validated by ``check_targets`` (once per data set), not on every call.
     """
+
+    head = "signed"
 
     def __init__(self, margin: float = 1.0, *, squared: bool = False, reduction: str = "mean"):
         margin = float(margin)

@@ -55,6 +55,8 @@ def _reduce(xp, L, dL, reduction):
 
 
 class _Regression(Loss):
+    head = "identity"
+
     def __init__(self, reduction: str = "mean"):
         self.reduction = _check_reduction(reduction)
 
@@ -109,10 +111,13 @@ class Huber(_Regression):
     def __call__(self, Y, T):
         xp = B.namespace(Y, T)
         D = _difference(Y, T)
-        A = xp.abs(D)
         d = self.delta
-        L = xp.where(A <= d, 0.5 * D * D, d * (A - 0.5 * d))
-        return _reduce(xp, L, xp.clip(D, -d, d), self.reduction)
+        G = xp.clip(D, -d, d)
+        C = xp.abs(G)
+        # C (|D| - C / 2) is 0.5 D^2 where |D| <= delta and delta (|D| - delta / 2) beyond, with
+        # no D^2 formed where |D| > delta (it would overflow long before the loss does)
+        L = C * (xp.abs(D) - 0.5 * C)
+        return _reduce(xp, L, G, self.reduction)
 
 
 MeanSquaredError = MSE
