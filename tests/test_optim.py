@@ -341,7 +341,7 @@ def test_lr_at_without_lr0_raises():
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 2e-6)])
 def test_numpy_adam_fast_path_equals_portable(case, dtype, rtol, monkeypatch):
     """The in-place NumPy Adam (xpdnn.kernels.cpu.adam_step_) against the portable update."""
-    import xpdnn.optim.adaptive as adaptive
+    from xpdnn.kernels import cpu
 
     cls, _, kwargs = CASES[case]
     from conftest import Backend
@@ -350,11 +350,11 @@ def test_numpy_adam_fast_path_equals_portable(case, dtype, rtol, monkeypatch):
     grads = gradient_sequence(make_net(numpy_backend), steps=12)
     grads = [{k: g.astype(dtype) for k, g in step.items()} for step in grads]
     calls = []
-    real = adaptive.cpu.adam_step_
-    monkeypatch.setattr(adaptive.cpu, "adam_step_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = cpu.adam_step_
+    monkeypatch.setattr(cpu, "adam_step_", lambda *a, **k: calls.append(1) or real(*a, **k))
     fast = run_ours(make_net(numpy_backend).astype(dtype), cls(**kwargs), grads, numpy_backend)
     assert calls
-    monkeypatch.setattr(adaptive.cpu, "handles", lambda *a: False)
+    monkeypatch.setattr(cpu, "handles", lambda *a: False)
     portable = run_ours(make_net(numpy_backend).astype(dtype), cls(**kwargs), grads, numpy_backend)
     for t, (a, b) in enumerate(zip(fast, portable)):
         for k in a:

@@ -375,18 +375,24 @@ def test_stream_batches_are_validated(rng):
         _trainer(_net()).fit(BatchStream(X, y, batch_size=16))
 
 
-def test_trainer_marks_labels_prechecked_only_while_training(rng):
+def test_trainer_skips_the_per_call_label_check_only_while_training(rng):
+    """Labels are validated once per fit; the step then calls the loss with check=False, and
+    the loss itself (a direct call) still checks by default.  No flag is set on the loss."""
     X, y = _blobs(rng)
-    seen = []
+    calls = []
 
-    class Look(xd.Callback):
-        def on_batch_begin(self, trainer, step):
-            seen.append(trainer.loss.labels_prechecked)
+    class Spy(xd.SoftmaxCrossEntropy):
+        def __call__(self, Z, targets, *, check=True):
+            calls.append(check)
+            return super().__call__(Z, targets, check=check)
 
-    t = _trainer(_net(), epochs=1, callbacks=[Look()])
-    t.fit(X, y)
-    assert seen and all(seen)
-    assert t.loss.labels_prechecked is False
+    loss = Spy()
+    before = dict(vars(loss))
+    xd.Trainer(_net(), loss=loss, optimizer=xd.SGD(lr=0.1), batch_size=16, epochs=1, progress=False).fit(X, y)
+    assert calls and not any(calls)
+    assert vars(loss).keys() == before.keys()
+    with pytest.raises(ValueError, match="class label 7"):
+        loss(np.zeros((2, 3), np.float32), np.array([0, 7]))
 
 
 def test_a_bare_layer_trains_too(rng):

@@ -56,6 +56,64 @@ def is_torch(x) -> bool:
     return array_api_compat.is_torch_array(x)
 
 
+def is_jax(x) -> bool:
+    return array_api_compat.is_jax_array(x)
+
+
+def on_accelerator(x) -> bool:
+    """Whether ``x`` lives on a GPU (CuPy, or a PyTorch/JAX array off the CPU)."""
+    if is_cupy(x):
+        return True
+    if is_torch(x):
+        return x.device.type != "cpu"
+    if is_jax(x):
+        return any(d.platform != "cpu" for d in x.devices())
+    return False
+
+
+# -- updates that work on immutable arrays ----------------------------------------------------
+# ``a = iadd(a, b)``: in place where the library allows it (the result is ``a`` itself), a new
+# array where it does not (JAX).  Callers always store the result back, so no update is lost.
+def mutable(a) -> bool:
+    return not is_jax(a)
+
+
+def iadd(a, b):
+    if mutable(a):
+        a += b
+        return a
+    return a + b
+
+
+def isub(a, b):
+    if mutable(a):
+        a -= b
+        return a
+    return a - b
+
+
+def imul(a, b):
+    if mutable(a):
+        a *= b
+        return a
+    return a * b
+
+
+def idiv(a, b):
+    if mutable(a):
+        a /= b
+        return a
+    return a / b
+
+
+def zeros_into(a):
+    """``a`` filled with zeros (in place where allowed)."""
+    if mutable(a):
+        a[...] = 0
+        return a
+    return namespace(a).zeros_like(a)
+
+
 def is_array(x) -> bool:
     return array_api_compat.is_array_api_obj(x)
 

@@ -21,15 +21,8 @@ from . import _backend as B
 
 
 def _parameters(modules):
-    """(layer, name) of every parameter of ``modules`` (a net and, e.g., a loss with parameters),
-    after settling gradients left pending by a lazy ``zero_grad``."""
-    out = []
-    for module in modules:
-        settle = getattr(module, "settle_grads", None)
-        if settle is not None:
-            settle()
-        out.extend((layer, name) for _, layer, name in module.parameters())
-    return out
+    """(layer, name) of every parameter of ``modules`` (a net and, e.g., a loss with parameters)."""
+    return [(layer, name) for module in modules for _, layer, name in module.parameters()]
 
 
 def _selected(modules, include_bias):
@@ -61,7 +54,6 @@ class Regularizer:
         total = 0.0
         for layer, name in _selected((net, *more), self.include_bias):
             W = layer.params[name]
-            # not in place: after a lazy zero_grad a gradient may be an array backprop also uses
             layer.grads[name] = layer.grads[name] + self.gradient(W)
             total = total + self.penalty(W)
         return total

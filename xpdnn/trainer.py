@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -14,6 +15,7 @@ from .layers.base import Layer
 from .layers.sequential import Sequential
 from .losses.base import Loss
 from .random import Stream
+from .step import FusedSGD, Step, StepGrads, can_fuse
 
 
 class TrainingError(RuntimeError):
@@ -100,10 +102,9 @@ class NaNGuard:
 class Callback:
     """Hooks called by :class:`Trainer`; set ``trainer.stop_training = True`` to stop.
 
-    A callback that never reads ``layer.grads`` sets ``reads_gradients = False``, which lets the
-    trainer fuse the optimizer step into backprop (see ``Trainer``'s ``fused_step``)."""
-
-    reads_gradients = True
+    ``on_batch_end`` runs after the optimizer step; a callback that reads ``layer.grads`` does it
+    there.  A trainer whose callbacks define ``on_batch_end`` therefore keeps every gradient
+    (it does not fuse the SGD update into backprop, see ``Trainer``'s ``fused_step``)."""
 
     def state_dict(self):
         """(JSON-able dict, {name: array}) of what this callback has learned during training, which
@@ -126,8 +127,6 @@ class EarlyStopping(Callback):
     (a tie is no improvement); with ``restore_best`` the best epoch's weights are put back at the
     end.  Its record (best value and epoch, epochs waited, best weights) is saved in a checkpoint,
     so a run resumed after it stopped stays stopped, as the uninterrupted run did."""
-
-    reads_gradients = False
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), float(min_delta), restore_best
@@ -306,41 +305,34 @@ class Trainer:
             if stream is None:
                 B.namespace(X, val[0])
                 B.same_device(X, val[0])
-        net = self.net
-        if hasattr(net, "set_head"):
-            net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
-        if getattr(net, "fresh", False):
-            net.initialize(self.seed)
-        self.stop_training = False
-        # every label was validated above (streams: per batch), so a fused GPU loss need not read
-        # its own label check back from the device each step
-        prechecked = getattr(self.loss, "labels_prechecked", None)
-        if prechecked is not None:
-            self.loss.labels_prechecked = True
-        fused = self._fuses()
-        if fused:
-            net.attach_fused_step(self.optimizer)
-        try:
-            return self._fit_epochs(stream, X, y, val)
-        finally:
-            if prechecked is not None:
-                self.loss.labels_prechecked = prechecked
-            if fused:
-                net.attach_fused_step(None)
-                self.optimizer.__dict__.pop("_fused_done", None)   # a step cut short by an error
+        if hasattr(self.net, "set_head"):
+            self.net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
+        if getattr(self.net, "fresh", False):
+            self.net.initialize(self.seed)
+        self.stop_training, self.guard, self._step = False, None, self._make_step()
+        return self._fit_epochs(stream, X, y, val)
 
-    def _fuses(self) -> bool:
+    def _make_step(self) -> Step:
+        """This fit's step: its gradient sink is :class:`~xpdnn.step.FusedSGD` when the update
+        may run inside backprop (``fused_step``), else :class:`~xpdnn.step.StepGrads`."""
+        modules = (self.net, self.loss) if isinstance(self.loss, Layer) else (self.net,)
+        sink = FusedSGD(modules, self.optimizer) if self._fuses(modules) else StepGrads(modules)
+        return Step(self.net, self.loss, self.optimizer, sink=sink, regularizers=self.regularizers,
+                    clip=self.clip, constraints=self.constraints)
+
+    def _fuses(self, modules) -> bool:
         """Whether this fit may run the optimizer inside backprop (``fused_step``): asked for or
         left automatic, and nothing between backprop and the step reads or changes gradients
-        (no regularizers, no clipping, only callbacks that declare ``reads_gradients = False``)."""
+        (no regularizers, no clipping, no callback with an ``on_batch_end``)."""
         if self.fused_step is False:
             return False
-        quiet = (not self.regularizers and self.clip is None
-                 and all(not getattr(cb, "reads_gradients", True) for cb in self.callbacks))
+        reads = [type(cb).__name__ for cb in self.callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+        quiet = not self.regularizers and self.clip is None and not reads
         if self.fused_step and not quiet:
-            raise ValueError("fused_step=True cannot be honoured with regularizers, clip or callbacks that read "
-                             "gradients (they need the gradient stored before the step); leave it None")
-        return quiet and getattr(self.optimizer, "can_fuse", False)
+            raise ValueError("fused_step=True cannot be honoured with regularizers, clip or callbacks that may read "
+                             f"gradients in on_batch_end ({', '.join(reads) or 'none'}); they need the gradient "
+                             "stored before the step; leave it None")
+        return quiet and can_fuse(modules, self.optimizer)
 
     def _fit_epochs(self, stream, X, y, val):
         for cb in self.callbacks:
@@ -409,72 +401,28 @@ class Trainer:
             yield self._place(*self._check_data(Xb, yb, what=" (streamed batch)"))
 
     def _run_epoch(self, batches, epoch, steps, N_used):
-        net, loss_fn, opt = self.net, self.loss, self.optimizer
-        bar = self._bar(epoch, N_used)
-        loss_has_params = isinstance(loss_fn, Layer)
-        head = heads.head_of(loss_fn)
-        scored_acc = heads.has_accuracy(head)
-        seen, scored = 0, 0
-        t0 = time.perf_counter()
+        meter = _EpochMeter(self, epoch, N_used, steps)
         for step, (Xb, yb) in enumerate(batches):
             if step == 0:
-                xp, dev = B.namespace(Xb), B.device(Xb)
-                net.ensure_like(Xb)
-                if loss_has_params:           # a loss with parameters (hierarchical softmax)
-                    loss_fn.ensure_like(Xb)
-                total = xp.zeros((), dtype=Xb.dtype, device=dev)
-                correct = xp.zeros((), dtype=xp.int64, device=dev)
-                if self.guard is None:
-                    self.guard = self._make_guard(Xb)
+                self.net.ensure_like(Xb)
+                if isinstance(self.loss, Layer):     # a loss with parameters (hierarchical softmax)
+                    self.loss.ensure_like(Xb)
+                self.guard = self.guard or self._make_guard(Xb)
             self.guard.before_step(epoch, step)
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
-            net.zero_grad()
-            if loss_has_params:
-                loss_fn.zero_grad()
-            Z, backprop = (net.forward(Xb, train=True, rng=self.rng, input_grad=False)
-                           if isinstance(net, Sequential) else net.forward(Xb, train=True, rng=self.rng))
-            loss, dZ = loss_fn(Z, yb)
-            self.guard.after_loss(loss, epoch, step, last=step == steps - 1)
-            backprop(dZ)
-            extra = (loss_fn,) if loss_has_params else ()
-            for reg in self.regularizers:
-                loss = loss + reg(net, *extra)
-            if self.clip is not None:
-                self.clip(net, *extra)
-            opt.step(net, *extra)
-            for constraint in self.constraints:
-                constraint(net, *extra)
+            check = functools.partial(self.guard.after_loss, epoch=epoch, step=step, last=step == steps - 1)
+            loss, Z = self._step(Xb, yb, self.rng, check)
             self.global_step += 1
-            n = Xb.shape[0]
-            seen += n
-            total = total + loss * n
-            if scored_acc:
-                hits, k = heads.correct(head, Z, yb)
-                correct, scored = correct + hits, scored + k
+            meter.update(step, loss, Z, yb)
             for cb in self.callbacks:
-                cb.on_batch_end(self, step, {"loss": loss, "size": n})
-            if bar is not None:
-                bar.update(n)
-                if step % 10 == 9 or step == steps - 1:
-                    post = {"loss": f"{float(total) / seen:.4f}"}
-                    if scored_acc:
-                        post["acc"] = f"{int(correct) / scored:.3f}"
-                    bar.set_postfix(post, refresh=False)
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
-        logs = {"loss": float(total) / seen, "time": seconds,
-                "samples_per_s": seen / seconds if seconds else math.inf, "lr": opt.lr}
-        if scored_acc:
-            logs["accuracy"] = int(correct) / scored
-        return logs
+                cb.on_batch_end(self, step, {"loss": loss, "size": Xb.shape[0]})
+        return meter.logs(self.optimizer.lr)
 
     def _make_guard(self, X) -> NaNGuard:
         """The NaN guard of this fit: the loss is read back every step on the CPU, every 32 steps
         on a GPU (``nan_check_every`` overrides)."""
-        on_gpu = B.is_cupy(X) or (B.is_torch(X) and X.device.type != "cpu")
-        check_every = self.nan_check_every or (32 if on_gpu else 1)
+        check_every = self.nan_check_every or (32 if B.on_accelerator(X) else 1)
         return NaNGuard(self, check_every, self.snapshot_every or max(32, check_every))
 
     def _bar(self, epoch, N):
@@ -618,6 +566,45 @@ class Trainer:
             for mine, new in staged:
                 mine.__dict__.update(new.__dict__)
         return commit
+
+class _EpochMeter:
+    """An epoch's running loss and accuracy (0-d arrays on the device, read back only for the
+    progress bar every 10 steps and at the end) and its progress bar."""
+
+    def __init__(self, trainer, epoch, N_used, steps):
+        self.head = heads.head_of(trainer.loss)
+        self.scored_acc = heads.has_accuracy(self.head)
+        self.bar, self.steps = trainer._bar(epoch, N_used), steps
+        self.total = self.correct = None
+        self.seen = self.scored = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, step, loss, Z, y):
+        n = Z.shape[0]
+        self.seen += n
+        self.total = loss * n if self.total is None else self.total + loss * n
+        if self.scored_acc:
+            hits, k = heads.correct(self.head, Z, y)
+            self.correct = hits if self.correct is None else self.correct + hits
+            self.scored += k
+        if self.bar is not None:
+            self.bar.update(n)
+            if step % 10 == 9 or step == self.steps - 1:
+                post = {"loss": f"{float(self.total) / self.seen:.4f}"}
+                if self.scored_acc:
+                    post["acc"] = f"{int(self.correct) / self.scored:.3f}"
+                self.bar.set_postfix(post, refresh=False)
+
+    def logs(self, lr) -> dict:
+        seconds = time.perf_counter() - self.t0
+        if self.bar is not None:
+            self.bar.close()
+        logs = {"loss": float(self.total) / self.seen, "time": seconds,
+                "samples_per_s": self.seen / seconds if seconds else math.inf, "lr": lr}
+        if self.scored_acc:
+            logs["accuracy"] = int(self.correct) / self.scored
+        return logs
+
 
 _BUSY: set = set()
 _BUSY_LOCK = threading.Lock()

@@ -16,6 +16,14 @@ def handles(*arrays) -> bool:
     return all(type(a) is np.ndarray for a in arrays)
 
 
+def apply_mask(X, keep, scale):
+    """``X * keep * scale`` (inverted dropout with a bool mask) with one output allocation and no
+    temporaries."""
+    Y = np.multiply(X, keep)
+    np.multiply(Y, Y.dtype.type(scale), out=Y)
+    return Y
+
+
 def matmul_into(A, B, out):
     """``out[...] = A @ B`` without a temporary."""
     return np.matmul(A, B, out=out)

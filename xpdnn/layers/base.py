@@ -1,8 +1,12 @@
 """The layer protocol.
 
-``Y, backprop = layer.forward(X, train=..., rng=...)``; ``dX = backprop(dY)`` adds the
-layer's parameter gradients into ``layer.grads`` and returns the input gradient.  Whatever
-backward needs lives in the closure, never on ``self``.
+``Y, backprop = layer.forward(X, train=..., rng=...)``; ``dX = backprop(dY)`` returns the input
+gradient.  A layer with parameters reports each parameter gradient to a gradient sink,
+``backprop(dY, sink)``: ``sink.add(layer, name, g)``, or ``sink.matmul_grad(layer, name, dY, X)``
+for a weight whose gradient is ``dY.T @ X``.  Without a sink they are added into
+``layer.grads`` (:data:`ACCUMULATE`); the trainer's sinks are in :mod:`xpdnn.step`.  A backprop
+never writes into ``dY`` or ``X`` (the caller's), and whatever it needs lives in the closure,
+never on ``self``.
 
 Parameters, gradients and buffers are name-keyed dicts walked in sorted order.  A layer is
 rebuilt from ``type(layer).__name__`` and ``layer.get_config()`` (plain JSON values), which is
@@ -18,21 +22,30 @@ from .. import _backend as B
 LAYERS: dict[str, type] = {}
 
 
+class Accumulate:
+    """The default gradient sink: ``layer.grads[name] += g`` (the arrays a layer hands over are
+    new ones it computed, never ``dY`` or ``X``)."""
+
+    def add(self, layer, name, g):
+        layer.grads[name] = B.iadd(layer.grads[name], g)
+
+    def matmul_grad(self, layer, name, dY, X):
+        self.add(layer, name, dY.T @ X)
+
+
+ACCUMULATE = Accumulate()
+
+
 class Layer:
     """Base class.  Subclasses set ``params`` (host NumPy arrays at construction) and
     implement ``forward``; parametrized layers list their decayed weights in ``decay``."""
 
     decay: tuple[str, ...] = ()      # parameter names that weight decay / L1 / max-norm act on
-    lazy_zero_grad = False           # True if backprop writes every gradient via add_grad
-    _unset: set = frozenset()
-    _fused = None                    # (optimizer, path prefix) while a trainer fuses the step
     n_neurons: int = 0               # neurons this layer adds (for summaries)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         LAYERS[cls.__name__] = cls
-        # opt-in per class, never inherited: a subclass's backprop may still use `+=`
-        cls.lazy_zero_grad = cls.__dict__.get("lazy_zero_grad", False)
 
     def __init__(self, dtype: str = "float32"):
         B.resolve_dtype(np, dtype)
@@ -85,43 +98,10 @@ class Layer:
         return sum(int(np.prod(lay.params[n].shape)) for _, lay, n in self.parameters())
 
     def zero_grad(self):
-        """Start a new gradient accumulation.  Layers whose backprop writes every gradient
-        through :meth:`add_grad` skip the memset: their next write overwrites instead of adding."""
+        """Set every gradient to zero, before accumulating a new one with ``backprop(dY)``."""
         for _, layer in self.named_layers():
-            if layer.params and layer.lazy_zero_grad:
-                layer._unset = set(layer.params)
-            else:
-                for name, g in layer.grads.items():
-                    g[...] = 0
-
-    def add_grad(self, name, value):
-        """``grads[name] += value``, or ``= value`` right after ``zero_grad``."""
-        if name in self._unset:
-            self._unset.discard(name)
-            self.grads[name] = value
-        else:
-            self.grads[name] += value
-
-    def attach_fused_step(self, optimizer) -> bool:
-        """Let layers that can (Linear's weights on NumPy) hand their weight gradient straight to
-        ``optimizer.fused_step`` inside backprop instead of storing it; ``None`` detaches.
-        Only for a net whose layers are all distinct objects (a layer used twice accumulates
-        two gradients, which must not be applied one at a time).  Returns whether it attached."""
-        layers = [layer for _, layer in self.named_layers()]
-        if optimizer is not None and (len({id(la) for la in layers}) != len(layers)
-                                      or not getattr(optimizer, "can_fuse", False)):
-            optimizer = None
-        for path, layer in self.named_layers():
-            layer._fused = None if optimizer is None else (optimizer, f"{path}/")
-        return optimizer is not None
-
-    def settle_grads(self):
-        """Zero any gradient still pending from a lazy ``zero_grad`` (a parameter that received
-        no gradient this step), so optimizers and clipping read true zeros."""
-        for _, layer in self.named_layers():
-            for name in layer._unset:
-                layer.grads[name][...] = 0
-            layer._unset = set()
+            for name, g in layer.grads.items():
+                layer.grads[name] = B.zeros_into(g)
 
     def state_arrays(self) -> dict:
         """Every parameter and buffer by stable path, e.g. ``layers.0.W``."""
@@ -170,7 +150,6 @@ class Layer:
     def _reset_grads(self):
         for name, p in self.params.items():
             self.grads[name] = B.namespace(p).zeros_like(p)
-        self._unset = set()
 
     def to(self, like=None, dtype: str | None = None):
         """Move (and cast) every parameter and buffer into the library/device of ``like``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import _backend as B
 from .. import random as xrandom
+from .base import ACCUMULATE
 from .linear import Linear
 
 
@@ -51,11 +52,11 @@ class DropConnect(Linear):
         if self.use_bias:
             Y = Y + self.params["b"]
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             xp = B.namespace(dY)
-            self.add_grad("W", (dY.T @ X) * M)
+            sink.add(self, "W", (dY.T @ X) * M)
             if self.use_bias:
-                self.add_grad("b", xp.sum(dY, axis=0))
+                sink.add(self, "b", xp.sum(dY, axis=0))
             return dY @ Wd
 
         return Y, backprop

@@ -1,7 +1,7 @@
 """Inverted dropout with counter-based masks.
 
-Three paths compute the same ``Y = X * keep / (1 - rate)`` with the same keep mask
-(:func:`xpdnn.random.keep_mask`, addressed by ``(seed, counter, element index)``):
+Three paths, chosen by :func:`xpdnn.kernels.apply_dropout`, compute the same ``Y = X * keep / (1 - rate)``
+with the same keep mask (:func:`xpdnn.random.keep_mask`, addressed by ``(seed, counter, element index)``):
 
 * CuPy with ``fused=True``: one CUDA kernel (:mod:`xpdnn.kernels.dropout`) that draws the mask
   in registers; backward regenerates it from ``(seed, counter)``, so no mask is stored;
@@ -13,9 +13,8 @@ Three paths compute the same ``Y = X * keep / (1 - rate)`` with the same keep ma
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _backend as B
+from .. import kernels
 from .. import random as xrandom
 from .base import Layer
 
@@ -26,18 +25,6 @@ def dropout_mask(X, rate: float, seed: int, counter: int):
     keep = B.from_numpy(xrandom.keep_mask(seed, counter, tuple(X.shape), rate), like=X)
     xp = B.namespace(X)
     return xp.astype(keep, X.dtype) * (1.0 / (1.0 - rate))
-
-
-def _apply_numpy(X, keep, scale):
-    """``X * keep * scale`` for a NumPy ``X`` with one output allocation and no temporaries."""
-    Y = np.multiply(X, keep)
-    np.multiply(Y, Y.dtype.type(scale), out=Y)
-    return Y
-
-
-def _check_grad_shape(dY, shape):
-    if tuple(dY.shape) != shape:
-        raise ValueError(f"Dropout backprop got dY of shape {tuple(dY.shape)}, expected {shape}")
 
 
 class Dropout(Layer):
@@ -66,32 +53,7 @@ class Dropout(Layer):
         if not train or self.rate == 0.0:
             return X, lambda dY: dY
         B.check_floating(X)
-        rate, shape = self.rate, tuple(X.shape)
+        rate = self.rate
         seed, counter = (rng or self._own).take()
-
-        if self.fused and B.is_cupy(X):
-            from ..kernels import dropout as kernel
-
-            def backprop(dY):
-                _check_grad_shape(dY, shape)
-                return kernel.dropout(dY, rate, seed, counter)
-
-            return kernel.dropout(X, rate, seed, counter), backprop
-
-        if isinstance(X, np.ndarray):
-            keep = xrandom.keep_mask(seed, counter, shape, rate)
-            scale = 1.0 / (1.0 - rate)
-
-            def backprop(dY):
-                _check_grad_shape(dY, shape)
-                return _apply_numpy(dY, keep, scale)
-
-            return _apply_numpy(X, keep, scale), backprop
-
-        M = dropout_mask(X, rate, seed, counter)
-
-        def backprop(dY):
-            _check_grad_shape(dY, shape)
-            return dY * M
-
-        return X * M, backprop
+        return kernels.apply_dropout(X, rate, seed, counter, fused=self.fused,
+                               portable_mask=lambda: dropout_mask(X, rate, seed, counter))

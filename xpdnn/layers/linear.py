@@ -6,9 +6,8 @@ import numpy as np
 
 from .. import _backend as B
 from .. import init as initializers
-from ..kernels import cpu
-from .activations import relu, relu_backward
-from .base import Layer
+from .. import kernels
+from .base import ACCUMULATE, Layer
 
 
 class Linear(Layer):
@@ -20,7 +19,6 @@ class Linear(Layer):
     """
 
     decay = ("W",)
-    lazy_zero_grad = True
 
     def __init__(self, n_in: int, n_out: int, *, init="he", bias: float = 0.0, use_bias: bool = True,
                  seed: int = 0, dtype: str = "float32"):
@@ -52,33 +50,26 @@ class Linear(Layer):
 
     def forward(self, X, *, train=False, rng=None, fuse_relu=False, input_grad=True):
         """``fuse_relu`` applies ReLU to the output in place (what ``Sequential`` does for a
-        Linear followed by a ReLU); ``backprop(dY, own_dY=True)`` lets that ReLU's backward
+        Linear followed by a ReLU); ``backprop(dY, sink, own_dY=True)`` lets that ReLU's backward
         overwrite ``dY`` (its caller says that nobody else holds it);
         ``input_grad=False`` skips ``dX = dY @ W`` (backprop returns None), for a first layer."""
         W = self.params["W"]
         if X.ndim != 2 or X.shape[1] != self._n_in:
             raise ValueError(f"Linear expects input of shape (N, {self._n_in}), got {tuple(X.shape)}")
-        fast = cpu.handles(X, W)
         Y = X @ W.T
         if self.use_bias:
-            Y += self.params["b"]
+            Y += self.params["b"]          # Y is new: in place on NumPy, rebound on JAX
         if fuse_relu:
-            Y = cpu.relu_(Y) if fast else relu(Y)
+            Y = kernels.relu_(Y)
 
-        def backprop(dY, own_dY=False):
+        def backprop(dY, sink=ACCUMULATE, own_dY=False):
             xp = B.namespace(dY)
             if fuse_relu:
-                dY = cpu.relu_backward_(dY, Y) if fast and own_dY else relu_backward(dY, Y)
+                dY = kernels.relu_backward(dY, Y, inplace=own_dY)
             dX = dY @ W if input_grad else None      # before a fused step changes W
-            if fast and "W" in self._unset:
-                self._unset.discard("W")
-                fused = self._fused
-                if fused is None or not fused[0].fused_step(fused[1] + "W", W, dY, X, decay="W" in self.decay):
-                    cpu.matmul_into(dY.T, X, out=self.grads["W"])
-            else:
-                self.add_grad("W", dY.T @ X)
+            sink.matmul_grad(self, "W", dY, X)
             if self.use_bias:
-                self.add_grad("b", xp.sum(dY, axis=0))
+                sink.add(self, "b", xp.sum(dY, axis=0))
             return dX
 
         return Y, backprop

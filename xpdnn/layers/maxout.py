@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import init as initializers
-from .base import Layer
+from .base import ACCUMULATE, Layer
 
 
 class Maxout(Layer):
@@ -19,7 +19,6 @@ class Maxout(Layer):
     """
 
     decay = ("W",)
-    lazy_zero_grad = True
 
     def __init__(self, n_in: int, n_out: int, pieces: int = 2, *, init="he", bias: float = 0.0,
                  seed: int = 0, dtype: str = "float32"):
@@ -61,12 +60,12 @@ class Maxout(Layer):
         win = xp.argmax(Z, axis=1)                                   # (N, n_out)
         Y = xp.squeeze(xp.take_along_axis(Z, win[:, None, :], axis=1), axis=1)
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             pieces = xp.reshape(xp.arange(k, device=B.device(X)), (1, k, 1))
             dZ = xp.astype(pieces == win[:, None, :], dY.dtype) * dY[:, None, :]   # (N, k, n_out)
             dZ2 = xp.reshape(dZ, (N, k * n_out))
-            self.add_grad("W", xp.reshape(dZ2.T @ X, (k, n_out, self._n_in)))
-            self.add_grad("b", xp.sum(dZ, axis=0))
+            sink.add(self, "W", xp.reshape(dZ2.T @ X, (k, n_out, self._n_in)))
+            sink.add(self, "b", xp.sum(dZ, axis=0))
             return dZ2 @ W2
 
         return Y, backprop

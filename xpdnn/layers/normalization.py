@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
-from .base import Layer
+from .base import ACCUMULATE, Layer
 
 
 def normalize(X, axis: int, eps: float):
@@ -74,11 +74,11 @@ class _Affine(Layer):
         else:
             self._reset_grads()
 
-    def _affine_backward(self, dY, Xhat):
-        """Adds dgamma, dbeta; returns dXhat."""
+    def _affine_backward(self, dY, Xhat, sink):
+        """Reports dgamma, dbeta to ``sink``; returns dXhat."""
         xp = B.namespace(dY)
-        self.add_grad("gamma", xp.sum(dY * Xhat, axis=0))
-        self.add_grad("beta", xp.sum(dY, axis=0))
+        sink.add(self, "gamma", xp.sum(dY * Xhat, axis=0))
+        sink.add(self, "beta", xp.sum(dY, axis=0))
         return dY * self.params["gamma"]
 
 
@@ -127,14 +127,14 @@ class BatchNorm1d(_Affine):
             self.buffers["running_mean"] = (1.0 - m) * self.buffers["running_mean"] + m * mean[0, :]
             self.buffers["running_var"] = (1.0 - m) * self.buffers["running_var"] + m * (var[0, :] * (N / (N - 1)))
 
-            def backprop(dY):
-                return normalize_backward(self._affine_backward(dY, Xhat), Xhat, inv_std, 0)
+            def backprop(dY, sink=ACCUMULATE):
+                return normalize_backward(self._affine_backward(dY, Xhat, sink), Xhat, inv_std, 0)
         else:
             inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + self.eps)
             Xhat = (X - self.buffers["running_mean"]) * inv_std
 
-            def backprop(dY):
-                return self._affine_backward(dY, Xhat) * inv_std
+            def backprop(dY, sink=ACCUMULATE):
+                return self._affine_backward(dY, Xhat, sink) * inv_std
 
         return Xhat * gamma + beta, backprop
 
@@ -157,7 +157,7 @@ class LayerNorm(_Affine):
         _check_features(X, self.n_features, "LayerNorm")
         Xhat, inv_std, _, _ = normalize(X, 1, self.eps)
 
-        def backprop(dY):
-            return normalize_backward(self._affine_backward(dY, Xhat), Xhat, inv_std, 1)
+        def backprop(dY, sink=ACCUMULATE):
+            return normalize_backward(self._affine_backward(dY, Xhat, sink), Xhat, inv_std, 1)
 
         return Xhat * self.params["gamma"] + self.params["beta"], backprop

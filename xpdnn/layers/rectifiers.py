@@ -14,7 +14,7 @@ import numpy as np
 from .. import _backend as B
 from .. import random as xrandom
 from .activations import propagate_nan
-from .base import Layer
+from .base import ACCUMULATE, Layer
 
 
 def leaky_relu(X, alpha):
@@ -72,7 +72,6 @@ class PReLU(Layer):
     """
 
     decay = ()
-    lazy_zero_grad = True
 
     def __init__(self, n_units: int | None = None, *, init: float = 0.25, dtype: str = "float32"):
         super().__init__(dtype)
@@ -110,10 +109,10 @@ class PReLU(Layer):
             sum_axes = (0,) + tuple(range(2, X.ndim))
         Y = leaky_relu(X, A)
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             neg = xp.where(X > 0, xp.zeros_like(X), X)
             dA = xp.sum(neg * dY, axis=sum_axes) if sum_axes else neg * dY
-            self.add_grad("alpha", xp.reshape(dA, alpha.shape))
+            sink.add(self, "alpha", xp.reshape(dA, alpha.shape))
             return leaky_relu_backward(dY, X, A)
 
         return Y, backprop

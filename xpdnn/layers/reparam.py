@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import init as initializers
-from .base import Layer
+from .base import ACCUMULATE, Layer
 
 
 def _check_input(X, n_in, name):
@@ -86,12 +86,12 @@ class WeightNormLinear(_Dense):
         W, norm = weight_norm(v, g)
         Y = X @ W.T + self.params["b"]
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             xp = B.namespace(dY)
             dv, dg = weight_norm_backward(dY.T @ X, v, g, norm)
-            self.add_grad("v", dv)
-            self.add_grad("g", dg)
-            self.add_grad("b", xp.sum(dY, axis=0))
+            sink.add(self, "v", dv)
+            sink.add(self, "g", dg)
+            sink.add(self, "b", xp.sum(dY, axis=0))
             return dY @ W
 
         return Y, backprop
@@ -132,12 +132,12 @@ class CosineLinear(_Dense):
         S = X @ W.T
         Y = S / (nx * nw)
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             dS = dY / (nx * nw)
             # d|x_i|: -sum_j dY_ij Y_ij / |x_i|, and d|x_i| / dx_i = x_i / |x_i|
             gx = xp.sum(dY * Y, axis=1, keepdims=True) / (nx * nx)
             gw = xp.sum(dY * Y, axis=0, keepdims=True) / (nw * nw)
-            self.add_grad("W", dS.T @ X - gw.T * W)
+            sink.add(self, "W", dS.T @ X - gw.T * W)
             return dS @ W - gx * X
 
         return Y, backprop

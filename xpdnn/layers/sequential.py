@@ -7,14 +7,15 @@ import numpy as np
 from .. import _backend as B
 from .activations import ReLU, Softmax
 from .linear import Linear
-from .base import Layer, layer_from_config, layer_to_config
+from .base import ACCUMULATE, Layer, layer_from_config, layer_to_config
 from .. import heads
 
 
 class Sequential(Layer):
     """``Sequential(layer_1, ..., layer_k)`` computes ``layer_k(...layer_1(X))``.
 
-    ``forward`` returns the output and a backprop that runs the layers' backprops in reverse.
+    ``forward`` returns the output and a backprop, ``backprop(dY, sink=ACCUMULATE)``, that runs the
+    layers' backprops in reverse, handing the gradient sink to the layers with parameters.
     A :class:`Linear` directly followed by a :class:`ReLU` runs as one fused unit (decided here,
     when the network is built).
 
@@ -39,6 +40,8 @@ class Sequential(Layer):
             raise ValueError("layers with different dtypes; call .astype() on the Sequential")
         self.layers = list(layers)
         self.head = heads.check_head(head)
+        self._plan_key = None
+        self._units()         # the fusion plan is decided here, when the network is built
         self.fresh = True   # never initialized from a seed, trained or loaded
         # a fitted xpdnn.preprocessing transformer applied to raw inputs by fit/predict (saved with the model)
         self.preprocessing = None
@@ -81,14 +84,16 @@ class Sequential(Layer):
         return self
 
     def _units(self):
-        """The forward plan, decided once per list of layers: (index, fuse_relu) per unit, where
-        a Linear followed by a ReLU is one unit (the ReLU applied in the Linear's output pass)."""
+        """The forward plan, decided once per list of layers: (index, fuse_relu, has_params) per
+        unit, where a Linear followed by a ReLU is one unit (the ReLU applied in the Linear's
+        output pass), and units with parameters get the gradient sink in backprop."""
         key = tuple(map(id, self.layers))
-        if self.__dict__.get("_plan_key") != key:
+        if self._plan_key != key:         # remade only if the list of layers was edited
             units, i, layers = [], 0, self.layers
             while i < len(layers):
                 fuse = type(layers[i]) is Linear and i + 1 < len(layers) and type(layers[i + 1]) is ReLU
-                units.append((i, fuse))
+                has_params = any(sub.params for _, sub in layers[i].named_layers())
+                units.append((i, fuse, has_params))
                 i += 2 if fuse else 1
             self._plan, self._plan_key = units, key
         return self._plan
@@ -97,19 +102,21 @@ class Sequential(Layer):
         """``input_grad=False`` (what the trainer passes) lets a first Linear layer skip the
         input gradient nobody reads; backprop then returns None."""
         backprops = []
-        for i, fuse in self._units():
+        for i, fuse, has_params in self._units():
             layer = self.layers[i]
             skip_dX = {"input_grad": False} if i == 0 and not input_grad and type(layer) is Linear else {}
             X, bp = layer.forward(X, train=train, rng=rng, **({"fuse_relu": True} if fuse else {}), **skip_dX)
-            backprops.append((bp, fuse))
+            backprops.append((bp, fuse, has_params))
 
-        def backprop(dY):
+        def backprop(dY, sink=ACCUMULATE):
             given = dY
-            for bp, fuse in reversed(backprops):
-                # a fused ReLU may overwrite its dY in place only when that array is not the
-                # caller's (pass-through layers such as Identity or Dropout(0) hand it on as is)
-                dY = bp(dY, own_dY=not B.may_alias(dY, given)) if fuse else bp(dY)
-            self.settle_grads()
+            for bp, fuse, has_params in reversed(backprops):
+                if fuse:
+                    # a fused ReLU may overwrite its dY in place only when that array is not the
+                    # caller's (pass-through layers such as Identity or Dropout(0) hand it on as is)
+                    dY = bp(dY, sink, own_dY=not B.may_alias(dY, given))
+                else:
+                    dY = bp(dY, sink) if has_params else bp(dY)
             return dY     # None only after a first layer told to skip its input gradient
 
         return X, backprop

@@ -1,8 +1,11 @@
-"""Loss protocol: ``loss, dlogits = loss_fn(logits, targets)``.
+"""Loss protocol: ``loss, dlogits = loss_fn(logits, targets, check=True)``.
 
 ``loss`` is a 0-d array on the logits' device (reading it is the caller's choice: one host
 sync); ``dlogits`` has the logits' shape and already includes the reduction's scale.
-``check_targets(y, n_outputs)`` validates a whole target array once, before training.
+``check_targets(y, n_outputs)`` validates a whole target array once, before training; the
+trainer then calls ``loss_fn(logits, targets, check=False)`` so a label loss skips its per-call
+range check (a host read-back).  A loss with parameters (``HierarchicalSoftmax``) also takes
+``sink=``, the step's gradient sink (see :mod:`xpdnn.step`).
 """
 
 from __future__ import annotations
@@ -15,15 +18,12 @@ LOSSES: dict[str, type] = {}
 class Loss:
     classification = False   # True when targets are class labels and accuracy is meaningful
     head: str | None = None    # how the outputs it trains are read (see xpdnn.heads)
-    # the Trainer sets this while it trains: it validated every label up front, so a label loss
-    # may skip its per-call range check (which a direct call always makes)
-    labels_prechecked = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         LOSSES[cls.__name__] = cls
 
-    def __call__(self, logits, targets):
+    def __call__(self, logits, targets, *, check: bool = True):
         raise NotImplementedError
 
     def check_targets(self, y, n_outputs: int | None):

@@ -113,7 +113,7 @@ class BinaryCrossEntropy(Loss):
             raise ValueError(f"pos_weight has {self.pos_weight.shape[0]} entries but the model has {n_outputs} outputs")
         return _check_binary_targets(y, n_outputs, "y", binary_only=False)
 
-    def __call__(self, X, T):
+    def __call__(self, X, T, *, check: bool = True):
         xp = B.namespace(X, T)
         if X.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, K), got shape {tuple(X.shape)}")
@@ -164,7 +164,7 @@ class MultiLabelLogistic(Loss):
             raise ValueError(f"weight has {self.weight.shape[0]} entries but the model has {n_outputs} outputs")
         return _check_binary_targets(y, n_outputs, "y", binary_only=True)
 
-    def __call__(self, X, T):
+    def __call__(self, X, T, *, check: bool = True):
         xp = B.namespace(X, T)
         if X.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(X.shape)}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
-from ..kernels import cpu
+from .. import kernels
 from .base import Loss, check_labels
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -148,7 +148,9 @@ class SoftmaxCrossEntropy(Loss):
             self._weight_cache = {key: w}
         return w
 
-    def __call__(self, Z, targets):
+    def __call__(self, Z, targets, *, check: bool = True):
+        """``check=False`` skips the labels' range check (one host read-back), for labels already
+        validated by :meth:`check_targets` (what the trainer does once per data set)."""
         xp = B.namespace(Z, targets)
         if Z.ndim != 2:
             raise ValueError(f"logits must be 2-D (N, C), got shape {tuple(Z.shape)}")
@@ -159,27 +161,15 @@ class SoftmaxCrossEntropy(Loss):
                              f"the logits' shape {tuple(Z.shape)}")
         if not soft and targets.shape[0] != Z.shape[0]:
             raise ValueError(f"{Z.shape[0]} rows of logits but {targets.shape[0]} labels")
-        if self.fused and not soft and B.is_cupy(Z) and xp.isdtype(targets.dtype, "integral"):
-            from ..kernels.softmax_xent import fused_available, softmax_xent
-            if fused_available(Z):
-                acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
-                weight = wsum = None
-                if self.weight is not None:   # the sum from the host copy: no device read-back
-                    weight = self.weights_like(Z, acc)
-                    wsum = float(np.sum(self.weight.astype(np.float64 if acc == xp.float64 else np.float32),
-                                        dtype=np.float64))
-                return softmax_xent(Z, targets, weight=weight, weight_sum=wsum,
-                                    ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
-                                    reduction=self.reduction, inplace=self.inplace,
-                                    check=not self.labels_prechecked)
         if soft:
             return self._soft(xp, Z, targets)
-        if not self.labels_prechecked:       # a label out of range must never index another class
-            targets = check_labels(targets, Z.shape[1], ignore_index=self.ignore_index)
-        if (self.fused and cpu.handles(Z, targets) and self.weight is None and self.label_smoothing == 0
-                and targets.dtype.kind in "iu"):
-            return cpu.softmax_xent(Z, targets, ignore_index=self.ignore_index, reduction=self.reduction)
-        return self._labels(xp, Z, targets)
+        # a label out of range must never index another class: checked on the host, or by the CUDA
+        # kernel's prepass on the device
+        return kernels.softmax_xent_loss(Z, targets, weight=self.weight, weight_like=lambda dt: self.weights_like(Z, dt),
+                                    ignore_index=self.ignore_index, label_smoothing=self.label_smoothing,
+                                    reduction=self.reduction, fused=self.fused, inplace=self.inplace, check=check,
+                                    validate=lambda y: check_labels(y, Z.shape[1], ignore_index=self.ignore_index),
+                                    portable=lambda y: self._labels(xp, Z, y))
 
     def _reduce(self, xp, Z, losses, G, den):
         """Apply the reduction to per-row ``losses`` (N,) and unscaled gradient G (N, C)."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _backend as B
 from .. import init as initializers
-from ..layers.base import Layer
+from ..layers.base import ACCUMULATE, Layer
 from .base import check_labels
 
 TREES = ("balanced", "huffman")
@@ -145,7 +145,6 @@ class HierarchicalSoftmax(Layer):
     decay = ("W",)
     classification = False   # the loss protocol's flag: its inputs H are features, not class scores
     head = "features"       # the net's outputs are read through this layer (xpdnn.heads)
-    labels_prechecked = False   # set by the Trainer while it trains, as for a Loss
 
     def __init__(self, n_in: int, n_classes: int, *, tree: str = "balanced", class_counts=None,
                  init="lecun", reduction: str = "mean", seed: int = 0, dtype: str = "float32"):
@@ -228,7 +227,7 @@ class HierarchicalSoftmax(Layer):
                              f"got {tuple(H.shape)}")
         self.ensure_like(H)
 
-    def loss(self, H, y):
+    def loss(self, H, y, sink=ACCUMULATE):
         """(loss: 0-d, dH: (N, n_in)) for hidden features H and labels y (see the class doc)."""
         self._check_H(H)
         xp = B.namespace(H, y)
@@ -250,17 +249,18 @@ class HierarchicalSoftmax(Layer):
         G = xp.concat([xp.reshape(dS[:, :, None] * H[:, None, :], (N * D, self._n_in)),
                        xp.reshape(dS, (N * D, 1))], axis=1)
         dWb = segment_sum(nodes, G, self.n_nodes)
-        self.grads["W"] += dWb[:, :self._n_in]
-        self.grads["b"] += dWb[:, self._n_in]
+        sink.add(self, "W", dWb[:, :self._n_in])
+        sink.add(self, "b", dWb[:, self._n_in])
         return loss, dH
 
-    def __call__(self, H, y=None):
-        """``hs(H, y)`` -> (loss, dH); ``hs(H)`` -> log-probabilities (N, C)."""
+    def __call__(self, H, y=None, *, check: bool = True, sink=ACCUMULATE):
+        """``hs(H, y)`` -> (loss, dH), the node gradients going to ``sink`` (default: added into
+        ``hs.grads``); ``hs(H)`` -> log-probabilities (N, C)."""
         if y is None:
             return self.forward(H, train=False)[0]
-        if not self.labels_prechecked:       # a label out of range must never pick another path
+        if check:       # a label out of range must never pick another path
             y = check_labels(y, self.n_classes)
-        return self.loss(H, y)
+        return self.loss(H, y, sink)
 
     def forward(self, H, *, train=False, rng=None):
         """Log-probabilities of every class (N, C) and their backprop (O(C log C) per example)."""
@@ -273,13 +273,13 @@ class HierarchicalSoftmax(Layer):
         Sp = xp.reshape(xp.take(S, xp.reshape(nodes_t, (C * D,)), axis=1), (N, C, D))
         logP = xp.sum(log_sigmoid(codes_t * Sp) * (codes_t * codes_t), axis=2)
 
-        def backprop(dlogP):
+        def backprop(dlogP, sink=ACCUMULATE):
             dSp = xp.reshape(dlogP[:, :, None] * codes_t * sigmoid(-codes_t * Sp), (N, C * D))
             # sum the (C * D) path entries into their nodes: static segments, see segment_sum
             cum = xp.cumulative_sum(xp.take(dSp, order, axis=1), axis=1, include_initial=True)
             dS = xp.take(cum, hi, axis=1) - xp.take(cum, lo, axis=1)     # (N, n_nodes)
-            self.grads["W"] += dS.T @ H
-            self.grads["b"] += xp.sum(dS, axis=0)
+            sink.matmul_grad(self, "W", dS, H)
+            sink.add(self, "b", xp.sum(dS, axis=0))
             return dS @ W
 
         return logP, backprop

@@ -73,13 +73,13 @@ class MulticlassHinge(Loss):
         return {"margin": self.margin, "squared": self.squared, "normalize": self.normalize,
                 "reduction": self.reduction}
 
-    def __call__(self, Z, y):
+    def __call__(self, Z, y, *, check: bool = True):
         xp = B.namespace(Z, y)
         if y.ndim != 1:
             raise ValueError(f"labels must be a 1-D array of class indices, got shape {tuple(y.shape)}")
         _check_scores(Z, y.shape[0])
         C = Z.shape[1]
-        if not self.labels_prechecked:       # a label out of range must never index another class
+        if check:       # a label out of range must never index another class
             y = check_labels(y, C)
         y = xp.astype(y, xp.int64)
         Y = one_hot(y, C, Z.dtype)
@@ -155,7 +155,7 @@ class MultilabelHinge(Loss):
     def get_config(self):
         return {"margin": self.margin, "squared": self.squared, "reduction": self.reduction}
 
-    def __call__(self, Z, y):
+    def __call__(self, Z, y, *, check: bool = True):
         xp = B.namespace(Z, y)
         _check_scores(Z, y.shape[0])
         if tuple(y.shape) != tuple(Z.shape):

@@ -76,7 +76,7 @@ class MSE(_Regression):
     Y: (N, K); T: (N, K) or (N,) when K == 1.  With ``reduction="mean"``, dY = 2 (Y - T) / (N K).
     """
 
-    def __call__(self, Y, T):
+    def __call__(self, Y, T, *, check: bool = True):
         xp = B.namespace(Y, T)
         D = _difference(Y, T)
         return _reduce(xp, D * D, 2.0 * D, self.reduction)
@@ -86,7 +86,7 @@ class MAE(_Regression):
     """Absolute error ``|Y - T|`` (PyTorch's L1Loss); its derivative is ``sign(Y - T)``
     (0 where Y == T, as in PyTorch).  Y: (N, K); T: (N, K) or (N,) when K == 1."""
 
-    def __call__(self, Y, T):
+    def __call__(self, Y, T, *, check: bool = True):
         xp = B.namespace(Y, T)
         D = _difference(Y, T)
         return _reduce(xp, xp.abs(D), xp.sign(D), self.reduction)
@@ -108,7 +108,7 @@ class Huber(_Regression):
     def get_config(self):
         return {"delta": self.delta, "reduction": self.reduction}
 
-    def __call__(self, Y, T):
+    def __call__(self, Y, T, *, check: bool = True):
         xp = B.namespace(Y, T)
         D = _difference(Y, T)
         d = self.delta

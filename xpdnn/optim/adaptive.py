@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from .. import _backend as B
-from ..kernels import cpu
+from .. import kernels
 from .base import Optimizer, flag, in_unit, nonnegative
 
 
@@ -46,14 +46,11 @@ class Adagrad(Optimizer):
     def update(self, key, W, dW, *, decay):
         xp = B.namespace(W, dW)
         g = dW + self.weight_decay * W if decay and self.weight_decay else dW
-        total = _slots(self, key, W, ("sum",), self.initial_accumulator_value)["sum"]
-        total += g * g
-        denom = xp.sqrt(total)
-        denom += self.eps
-        update = g / denom
-        update *= self.lr / (1.0 + self.steps * self.lr_decay)
-        W -= update
-        return W
+        slots = _slots(self, key, W, ("sum",), self.initial_accumulator_value)
+        total = slots["sum"] = B.iadd(slots["sum"], g * g)
+        denom = B.iadd(xp.sqrt(total), self.eps)
+        update = B.imul(g / denom, self.lr / (1.0 + self.steps * self.lr_decay))
+        return B.isub(W, update)
 
 
 class RMSProp(Optimizer):
@@ -83,27 +80,18 @@ class RMSProp(Optimizer):
         a = self.alpha
         g = dW + self.weight_decay * W if decay and self.weight_decay else dW
         slots = _slots(self, key, W, self.slots())
-        sq = slots["square_avg"]
-        sq *= a
-        sq += (1.0 - a) * (g * g)
+        sq = slots["square_avg"] = B.iadd(B.imul(slots["square_avg"], a), (1.0 - a) * (g * g))
         if self.centered:
-            ga = slots["grad_avg"]
-            ga *= a
-            ga += (1.0 - a) * g
+            ga = slots["grad_avg"] = B.iadd(B.imul(slots["grad_avg"], a), (1.0 - a) * g)
             avg = xp.sqrt(sq - ga * ga)
         else:
             avg = xp.sqrt(sq)
-        avg += self.eps
+        avg = B.iadd(avg, self.eps)
         update = g / avg
         if self.momentum:
-            buf = slots["momentum_buffer"]
-            buf *= self.momentum
-            buf += update
-            W -= self.lr * buf
-        else:
-            update *= self.lr
-            W -= update
-        return W
+            buf = slots["momentum_buffer"] = B.iadd(B.imul(slots["momentum_buffer"], self.momentum), update)
+            return B.isub(W, self.lr * buf)
+        return B.isub(W, B.imul(update, self.lr))
 
 
 class Adam(Optimizer):
@@ -137,29 +125,22 @@ class Adam(Optimizer):
         g = dW
         if decay and self.weight_decay:
             if self.decoupled:
-                W *= 1.0 - self.lr * self.weight_decay
+                W = B.imul(W, 1.0 - self.lr * self.weight_decay)
             else:
                 g = dW + self.weight_decay * W
         slots = _slots(self, key, W, self.slots())
-        if cpu.handles(W, g, *slots.values()):
-            return cpu.adam_step_(W, g, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq"),
-                                  lr=self.lr, b1=b1, b2=b2, eps=self.eps, t=t, scratch=self._scratch(key, W),
-                                  scratch2=self._scratch(key + "#2", W))
-        # in place where the standard allows: five temporaries instead of twelve
-        m, v = slots["exp_avg"], slots["exp_avg_sq"]
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
+        if kernels.adam_step_(W, g, slots["exp_avg"], slots["exp_avg_sq"], slots.get("max_exp_avg_sq"),
+                              lr=self.lr, b1=b1, b2=b2, eps=self.eps, t=t, scratch=self._scratch(key, W),
+                              scratch2=self._scratch(key + "#2", W)):
+            return W
+        # in place where the library allows (five temporaries instead of twelve), stored back
+        m = slots["exp_avg"] = B.iadd(B.imul(slots["exp_avg"], b1), (1.0 - b1) * g)
+        v = slots["exp_avg_sq"] = B.iadd(B.imul(slots["exp_avg_sq"], b2), (1.0 - b2) * (g * g))
         if self.amsgrad:
             v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - b2 ** t)
-        denom += self.eps
-        update = m / denom
-        update *= self.lr / (1.0 - b1 ** t)
-        W -= update
-        return W
+        denom = B.iadd(B.idiv(xp.sqrt(v), math.sqrt(1.0 - b2 ** t)), self.eps)
+        update = B.imul(m / denom, self.lr / (1.0 - b1 ** t))
+        return B.isub(W, update)
 
 
 class AdamW(Adam):

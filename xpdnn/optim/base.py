@@ -94,39 +94,24 @@ class Optimizer:
         self.state: dict[str, dict] = {}
         self.steps = 0
 
-    def step(self, net, *more) -> None:
+    def step(self, net, *more, skip=()) -> None:
         """One update of every parameter of ``net`` (and of ``more`` modules with parameters,
-        such as a hierarchical-softmax loss, keyed ``loss<i>.<path>/<name>``), except those
-        already updated during backprop by :meth:`fused_step`."""
-        done = self.__dict__.get("_fused_done") or ()
-        for i, module in enumerate((net, *more)):
-            module.settle_grads()
-            prefix = f"loss{i}." if i else ""
-            for path, layer, name in module.parameters():
-                key = f"{prefix}{path}/{name}"
-                if key in done:
-                    continue
+        such as a hierarchical-softmax loss, keyed ``loss<i>.<path>/<name>``) from its gradient
+        in ``layer.grads``, except the keys in ``skip`` (updated already by a fusing gradient
+        sink, see :mod:`xpdnn.step`).  Parameters and state are stored back, so libraries with
+        immutable arrays (JAX) lose no update."""
+        for key, layer, name in parameter_keys((net, *more)):
+            if key not in skip:
                 layer.params[name] = self.update(key, layer.params[name], layer.grads[name],
                                                  decay=name in layer.decay)
         self.steps += 1
-        if done:
-            done.clear()
 
-    # -- optimizer-in-backward ----------------------------------------------------------
+    # -- the update fused into backprop (see xpdnn.step.FusedSGD) -------------------------------
     can_fuse = False
 
-    def fused_step(self, key, W, dY, X, *, decay: bool) -> bool:
-        """Update the weight ``W`` (key ``key``) whose gradient is ``dY.T @ X`` right now, inside
-        backprop, without storing that gradient; the next :meth:`step` skips it.  Returns False
-        when this optimizer does not fuse (the caller then stores the gradient as usual).
-        Layers call this only while a :class:`~xpdnn.Trainer` has attached the optimizer
-        (``layer.attach_fused_step``), which it does only when nothing else reads the gradients."""
-        if self.fused_update(key, W, dY, X, decay=decay):
-            self.__dict__.setdefault("_fused_done", set()).add(key)
-            return True
-        return False
-
     def fused_update(self, key, W, dY, X, *, decay: bool) -> bool:
+        """Update the weight ``W`` whose gradient is ``dY.T @ X`` right now, inside backprop,
+        without storing that gradient; False (nothing done) when this optimizer cannot."""
         return False
 
     def _scratch(self, key, like):
@@ -211,6 +196,15 @@ class Optimizer:
                 target = like if like is not None else arrays[f"{key}/{slot}"]
                 state.setdefault(key, {})[slot] = B.from_numpy(np.array(host, copy=True), like=target)
         self.steps, self.lr, self.state = steps, lr, state
+
+
+def parameter_keys(modules):
+    """(key, layer, name) of every parameter of ``modules`` (a net, then e.g. a loss with
+    parameters), keyed ``<path>/<name>`` for the first and ``loss<i>.<path>/<name>`` after."""
+    for i, module in enumerate(modules):
+        prefix = f"loss{i}." if i else ""
+        for path, layer, name in module.parameters():
+            yield f"{prefix}{path}/{name}", layer, name
 
 
 def optimizer_from_state(meta: dict):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import _backend as B
-from ..kernels import cpu
+from .. import kernels
 from .base import Optimizer, flag, in_unit, nonnegative
 
 
@@ -41,25 +41,26 @@ class SGD(Optimizer):
     def fused_update(self, key, W, dY, X, *, decay) -> bool:
         """The update of a weight whose gradient is ``dY.T @ X``, with that GEMM doing the
         momentum too: ``v = momentum * v + dY.T @ X`` in one BLAS call (beta = momentum), then
-        ``v += weight_decay * W`` and ``W -= lr * v``.  The gradient is never stored.  NumPy
-        arrays only; returns False (nothing done) when this optimizer cannot fuse."""
-        if not self.can_fuse or not cpu.handles(W, dY, X):
+        ``v += weight_decay * W`` and ``W -= lr * v``, all in place.  The gradient is never
+        stored.  Returns False (nothing done) when this optimizer or these arrays cannot fuse
+        (see :func:`xpdnn.kernels.fused_gemm_available`)."""
+        if not self.can_fuse or not kernels.fused_gemm_available(W, dY, X):
             return False
         wd = self.weight_decay if decay else 0.0
         if not self.momentum:                   # W -= lr * (dY.T @ X + wd * W)
             if wd:
                 W *= W.dtype.type(1.0 - self.lr * wd)
-            cpu.gemm_tn_acc_(dY * W.dtype.type(-self.lr), X, W, 1.0)
+            kernels.gemm_tn_acc_(dY * W.dtype.type(-self.lr), X, W, 1.0)
             return True
         slots = self.state.setdefault(key, {})
         v = slots.get("velocity")
         first = v is None
         if first:
             v = slots["velocity"] = B.namespace(W).empty_like(W)
-        cpu.gemm_tn_acc_(dY, X, v, 0.0 if first else self.momentum)
+        kernels.gemm_tn_acc_(dY, X, v, 0.0 if first else self.momentum)
         if wd:
-            cpu.axpy_flat_(wd, W, v, self._scratch(key, W))
-        cpu.axpy_flat_(-self.lr, v, W, self._scratch(key, W))
+            kernels.blas_axpy_(wd, W, v, self._scratch(key, W))
+        kernels.blas_axpy_(-self.lr, v, W, self._scratch(key, W))
         return True
 
     def update(self, key, W, dW, *, decay):
@@ -68,16 +69,13 @@ class SGD(Optimizer):
             slots = self.state.setdefault(key, {})
             v = slots.get("velocity")
             if v is None:
-                v = g * 1.0          # a fresh array, never an alias of the gradient buffer
-                slots["velocity"] = v
-            elif not self.nesterov and not self.dampening and cpu.handles(W, g, v):
-                return cpu.momentum_step_(W, g, v, self.lr, self.momentum, self._scratch(key, W))
-            else:                    # in place: v = momentum * v + (1 - dampening) * g
-                v *= self.momentum
-                v += (1.0 - self.dampening) * g if self.dampening else g
+                v = slots["velocity"] = g * 1.0      # a fresh array, never an alias of the gradient
+            elif self.can_fuse and kernels.momentum_step_(W, g, v, self.lr, self.momentum, self._scratch(key, W)):
+                return W
+            else:                    # v = momentum * v + (1 - dampening) * g, in place where allowed
+                v = B.imul(v, self.momentum)
+                v = slots["velocity"] = B.iadd(v, (1.0 - self.dampening) * g if self.dampening else g)
             g = g + self.momentum * v if self.nesterov else v
-        if cpu.handles(W, g):
-            cpu.axpy_(-self.lr, g, W, self._scratch(key, W))
-        else:
-            W -= self.lr * g
-        return W
+        if kernels.axpy_(-self.lr, g, W, self._scratch(key, W)):
+            return W
+        return B.isub(W, self.lr * g)

@@ -1,0 +1,145 @@
+"""The training step, in one place: forward, loss, backprop into a gradient sink, update.
+
+One :class:`Step` call on a batch (X, y) does, in this order::
+
+    Z, backprop = net.forward(X, train=True, rng=rng)   # layers keep what backward needs
+    loss, dZ = loss_fn(Z, y, check=False)               # labels were validated once per fit
+    guard(loss)                                         # the NaN guard may stop here: no update yet
+    backprop(dZ, sink)                                  # every parameter gradient goes to the sink
+    sink.finish()                                       # parameters that got none: zero
+    loss += r(net) for r in regularizers                # each adds its gradient into layer.grads
+    clip(net)                                           # rescales layer.grads
+    optimizer.step(net, skip=sink.applied)              # what the sink did not update already
+    c(net) for c in constraints                         # projects the parameters (max-norm)
+
+A loss with parameters (hierarchical softmax) is one more module: it gets the sink too, and
+regularizers, clipping, the optimizer and constraints see it after the net.
+
+Gradient sinks receive each gradient as backprop produces it (``sink.add(layer, name, g)``,
+``sink.matmul_grad(layer, name, dY, X)`` for ``g = dY.T @ X``), the way PyTorch's
+``register_post_accumulate_grad_hook`` and ChainerMN's multi-node optimizer sit between backward
+and the update:
+
+* :data:`~xpdnn.layers.base.ACCUMULATE` -- ``layer.grads[name] += g`` (a direct ``backprop(dY)``);
+* :class:`StepGrads` -- the trainer's: a parameter's first gradient of the step replaces the old
+  one (no memset), :meth:`~StepGrads.finish` zeroes the ones that got none;
+* :class:`FusedSGD` -- NumPy with SGD (no Nesterov, no dampening), when nothing reads gradients
+  between backprop and the update: the weight GEMM does the momentum update
+  ``v = momentum v + dY.T @ X`` in one BLAS call and ``W -= lr v``; that gradient is never
+  stored, so the update is the same up to rounding and those ``layer.grads`` are left stale.
+
+Data-parallel training adds a sink whose ``finish`` all-reduces the gradients before the update.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from . import _backend as B
+from .layers.base import ACCUMULATE, Layer
+from .optim.base import parameter_keys
+
+
+class StepGrads:
+    """The trainer's sink for ``modules`` (the net, then a loss with parameters): gradients go
+    into ``layer.grads``; the first one of a parameter in a step replaces the old value."""
+
+    applied: frozenset = frozenset()      # keys a sink updated itself (none here)
+
+    def __init__(self, modules):
+        self.keys = {(id(layer), name): key for key, layer, name in parameter_keys(modules)}
+        self.params = [(layer, name) for _, layer, name in parameter_keys(modules)]
+        self.seen: set = set()
+
+    def begin(self) -> None:
+        self.seen = set()
+
+    def add(self, layer, name, g) -> None:
+        if (id(layer), name) in self.seen:
+            ACCUMULATE.add(layer, name, g)
+        else:                             # g is a new array backprop hands over: keep it
+            self.seen.add((id(layer), name))
+            layer.grads[name] = g
+
+    def matmul_grad(self, layer, name, dY, X) -> None:
+        if (id(layer), name) in self.seen:
+            ACCUMULATE.matmul_grad(layer, name, dY, X)
+        else:                             # written into the old gradient's memory where possible
+            from . import kernels
+            self.seen.add((id(layer), name))
+            layer.grads[name] = kernels.matmul_tn(dY, X, out=layer.grads[name])
+
+    def finish(self) -> None:
+        """Zero the gradients of parameters that received none this step."""
+        for layer, name in self.params:
+            if (id(layer), name) not in self.seen:
+                layer.grads[name] = B.zeros_into(layer.grads[name])
+
+
+class FusedSGD(StepGrads):
+    """:class:`StepGrads` that lets ``optimizer.fused_update`` apply a weight's update inside
+    backprop, from ``dY`` and ``X``, where it can (NumPy SGD); those keys are in ``applied``."""
+
+    def __init__(self, modules, optimizer):
+        super().__init__(modules)
+        self.optimizer = optimizer
+        self.applied: set = set()
+
+    def begin(self) -> None:
+        super().begin()
+        self.applied = set()
+
+    def matmul_grad(self, layer, name, dY, X) -> None:
+        key = self.keys[(id(layer), name)]
+        if (id(layer), name) not in self.seen and self.optimizer.fused_update(
+                key, layer.params[name], dY, X, decay=name in layer.decay):
+            self.seen.add((id(layer), name))
+            self.applied.add(key)
+        else:
+            super().matmul_grad(layer, name, dY, X)
+
+
+def can_fuse(modules, optimizer) -> bool:
+    """Whether :class:`FusedSGD` may serve these modules: the optimizer fuses, and no layer
+    object appears twice (a shared layer gets two gradients, which must be summed first)."""
+    layers = [layer for module in modules for _, layer in module.named_layers()]
+    return getattr(optimizer, "can_fuse", False) and len({id(la) for la in layers}) == len(layers)
+
+
+class Step:
+    """One training step of ``net`` on a batch (see the module docstring for the order).
+
+    ``sink`` is :class:`StepGrads` or :class:`FusedSGD` built for ``(net, loss)``;
+    ``step(X, y, rng, guard)`` returns ``(loss with penalties, Z)``; ``guard(loss)`` is called
+    before backprop and may raise to stop the step before any update."""
+
+    def __init__(self, net, loss_fn, optimizer, *, sink, regularizers=(), clip=None, constraints=()):
+        from .layers.sequential import Sequential
+
+        self.net, self.loss_fn, self.optimizer, self.sink = net, loss_fn, optimizer, sink
+        self.extra = (loss_fn,) if isinstance(loss_fn, Layer) else ()     # a loss with parameters
+        self.regularizers, self.clip, self.constraints = list(regularizers), clip, list(constraints)
+        # nobody reads the input gradient; labels were checked once (a loss of the user's own
+        # that takes no ``check`` argument checks them again); a loss with parameters gets the sink
+        self.forward_kw = {"input_grad": False} if isinstance(net, Sequential) else {}
+        params = inspect.signature(loss_fn).parameters
+        self.loss_kw = {"check": False} if "check" in params else {}
+        if self.extra:
+            self.loss_kw["sink"] = sink
+
+    def __call__(self, X, y, rng, guard):
+        net, extra, sink = self.net, self.extra, self.sink
+        Z, backprop = net.forward(X, train=True, rng=rng, **self.forward_kw)
+        sink.begin()
+        loss, dZ = self.loss_fn(Z, y, **self.loss_kw)
+        guard(loss)
+        backprop(dZ, sink)
+        sink.finish()
+        for reg in self.regularizers:
+            loss = loss + reg(net, *extra)
+        if self.clip is not None:
+            self.clip(net, *extra)
+        self.optimizer.step(net, *extra, skip=sink.applied)
+        for constraint in self.constraints:
+            constraint(net, *extra)
+        return loss, Z
