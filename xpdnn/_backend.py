@@ -199,6 +199,8 @@ def add_at_labels(G, y, delta):
         G[rows, y] += delta
         return G
     hot = xp.arange(C, device=device(G))[None, :] == y[:, None]
+    if not mutable(G):                   # JAX: a new array
+        return xp.where(hot, G + delta[:, None], G)
     G[hot] = xp.take_along_axis(G, y[:, None], axis=1)[:, 0] + delta
     return G
 

@@ -114,12 +114,20 @@ class Callback:
     def load_state_dict(self, state: dict, arrays: dict) -> None:
         raise NotImplementedError(f"{type(self).__name__} keeps no state")
 
+    def check_state(self, state: dict, arrays: dict, trainer) -> None:
+        """Raise ValueError if a saved state cannot be this callback's in ``trainer`` (called by
+        ``Trainer.restore`` before anything changes)."""
+
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch): ...
     def on_batch_begin(self, trainer, step): ...
     def on_batch_end(self, trainer, step, logs): ...
     def on_epoch_end(self, trainer, epoch, logs): ...
     def on_train_end(self, trainer): ...
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 class EarlyStopping(Callback):
@@ -143,6 +151,17 @@ class EarlyStopping(Callback):
     def state_dict(self):
         return ({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
                 dict(self.best_state or {}))
+
+    def check_state(self, state, arrays, trainer):
+        best = state.get("best")
+        if isinstance(best, bool) or not isinstance(best, (int, float)):
+            raise ValueError(f"best must be a number, got {best!r}")
+        for name, v in (("best_epoch", state.get("best_epoch")), ("wait", state.get("wait"))):
+            if (v is not None or name == "wait") and not _is_count(v):
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+        net = trainer.net.state_arrays()
+        if arrays and (set(arrays) != set(net) or any(tuple(a.shape) != tuple(net[k].shape) for k, a in arrays.items())):
+            raise ValueError("its best weights do not match this trainer's network")
 
     def load_state_dict(self, state, arrays):
         self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
@@ -291,6 +310,17 @@ class Trainer:
             return self._fit(X, y, validation)
 
     def _fit(self, X, y, validation):
+        stream, X, y, val = self._prepare_data(X, y, validation)
+        if hasattr(self.net, "set_head"):
+            self.net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
+        if getattr(self.net, "fresh", False):
+            self.net.initialize(self.seed)
+        self.stop_training, self.guard, self._step = False, None, self._make_step()
+        return self._fit_epochs(stream, X, y, val)
+
+    def _prepare_data(self, X, y, validation):
+        """Validate the data (a stream: per batch, later), choose whole or batch-wise placement
+        on ``device`` and place it; returns (stream or None, X, y, validation pair or None)."""
         from .datasets.streaming import BatchStream
 
         stream = X if isinstance(X, BatchStream) else None
@@ -305,12 +335,7 @@ class Trainer:
             if stream is None:
                 B.namespace(X, val[0])
                 B.same_device(X, val[0])
-        if hasattr(self.net, "set_head"):
-            self.net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
-        if getattr(self.net, "fresh", False):
-            self.net.initialize(self.seed)
-        self.stop_training, self.guard, self._step = False, None, self._make_step()
-        return self._fit_epochs(stream, X, y, val)
+        return stream, X, y, val
 
     def _make_step(self) -> Step:
         """This fit's step: its gradient sink is :class:`~xpdnn.step.FusedSGD` when the update
@@ -337,44 +362,49 @@ class Trainer:
     def _fit_epochs(self, stream, X, y, val):
         for cb in self.callbacks:
             cb.on_train_begin(self)
-        start_epoch = self.epoch
-        self.guard = None
-        for epoch in range(start_epoch, self.epochs):
+        for epoch in range(self.epoch, self.epochs):
             if self.stop_training:       # a callback ended the run already (a resumed early stop)
                 break
             for cb in self.callbacks:
                 cb.on_epoch_begin(self, epoch)
-            if stream is None:
-                logs = self._run_epoch(self._array_batches(X, y, epoch), epoch, *self._epoch_size(X.shape[0]))
-            else:
-                stream.set_epoch(epoch)
-                N, bs = stream.X.shape[0], stream.batch_size
-                logs = self._run_epoch(self._checked(stream), epoch, len(stream),
-                                       min(N, len(stream) * bs))
-            if self.guard is not None:
-                self.guard.end_epoch(epoch)
+            logs = self._train_epoch(stream, X, y, epoch)
             if val is not None:
                 logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
             self.epoch = epoch + 1
-            # the history has this epoch before the callbacks run (a checkpoint saved by one holds
-            # it); keys a callback adds to logs are recorded after them
-            for k, v in logs.items():
-                self.history.setdefault(k, []).append(v)
-            logged = set(logs)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, epoch, logs)
-            n = len(self.history["loss"])
-            for k in sorted(logs.keys() - logged):
-                values = self.history.setdefault(k, [])
-                if len(values) < n:            # not recorded by the callback itself
-                    values.extend([None] * (n - 1 - len(values)) + [logs[k]])
-            if self.progress:
-                print(self._format_logs(epoch, logs), flush=True)
+            self._end_epoch(epoch, logs)
             if self.stop_training:
                 break
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
+
+    def _train_epoch(self, stream, X, y, epoch) -> dict:
+        """One pass over the arrays (or the stream); the weights are checked finite after it."""
+        if stream is None:
+            logs = self._run_epoch(self._array_batches(X, y, epoch), epoch, *self._epoch_size(X.shape[0]))
+        else:
+            stream.set_epoch(epoch)
+            N, bs = stream.X.shape[0], stream.batch_size
+            logs = self._run_epoch(self._checked(stream), epoch, len(stream), min(N, len(stream) * bs))
+        if self.guard is not None:
+            self.guard.end_epoch(epoch)
+        return logs
+
+    def _end_epoch(self, epoch, logs) -> None:
+        """Record the epoch in the history before the callbacks run (a checkpoint saved by one
+        holds it), run them, record keys they added to ``logs``, print the epoch's line."""
+        for k, v in logs.items():
+            self.history.setdefault(k, []).append(v)
+        logged = set(logs)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch, logs)
+        n = len(self.history["loss"])
+        for k in sorted(logs.keys() - logged):
+            values = self.history.setdefault(k, [])
+            if len(values) < n:            # not recorded by the callback itself
+                values.extend([None] * (n - 1 - len(values)) + [logs[k]])
+        if self.progress:
+            print(self._format_logs(epoch, logs), flush=True)
 
     def _epoch_size(self, N):
         """(steps, samples used) of an epoch over N samples."""
@@ -481,48 +511,57 @@ class Trainer:
         ck = read_checkpoint(path)
         ck.build_net()                                 # a file load would refuse is refused here too
         ck.match("this trainer's network", self.net.state_arrays(), ck.weights)
-        loss_has_params = isinstance(self.loss, Layer) and bool(self.loss.params)
-        if loss_has_params:
-            if not ck.loss:
-                raise ck.error(f"the checkpoint has no parameters for the loss {type(self.loss).__name__}, "
-                               "which has some")
-            ck.match(f"this trainer's loss {type(self.loss).__name__}", self.loss.state_arrays(), ck.loss)
-        elif ck.loss:
-            raise ck.error(f"the checkpoint holds loss parameters ({sorted(ck.loss)[:3]}...) but this "
-                           f"trainer's loss {type(self.loss).__name__} has none")
-        shapes = {f"{p}/{n}": tuple(lay.params[n].shape) for p, lay, n in self.net.parameters()}
-        if loss_has_params:
-            shapes.update({f"loss1.{p}/{n}": tuple(lay.params[n].shape) for p, lay, n in self.loss.parameters()})
-        if ck.optimizer is not None:
-            opt_meta, opt_arrays = ck.optimizer
-            if opt_meta.get("type") != type(self.optimizer).__name__:
-                raise ck.error(f"the checkpoint's optimizer is a {opt_meta.get('type')}, this trainer's is a "
-                               f"{type(self.optimizer).__name__}; resume with the same optimizer")
-            try:
-                self.optimizer.check_state(opt_meta, opt_arrays, shapes)
-            except ValueError as exc:
-                raise ck.error(f"the optimizer state does not fit this trainer's {type(self.optimizer).__name__} "
-                               f"{self.optimizer.get_config()}: {exc}") from None
+        self._check_loss_state(ck)
+        shapes = self._check_optimizer_state(ck)
         saved = ck.trainer
-        commit_callbacks = None
-        if saved is not None:
-            commit_callbacks = self._restore_callbacks(path, saved.get("callbacks", []), ck.callbacks)
+        commit_callbacks = self._restore_callbacks(path, saved.get("callbacks", []), ck.callbacks) if saved else None
         # everything checked: apply
         like = next(iter(self.net.state_arrays().values()), None)
         self.net.load_state_arrays(ck.weights)
         self.net.fresh = False
-        if loss_has_params:
+        if ck.loss:
             self.loss.load_state_arrays({k: B.from_numpy(v, like=like) if like is not None else v
                                          for k, v in ck.loss.items()})
         if ck.optimizer is not None:
             self.optimizer.load_state_dict(*ck.optimizer, like=like, shapes=shapes)
         if saved is not None:
             self.rng.load_state_dict(saved["rng"])
-            self.epoch = saved["epoch"]
-            self.seed = saved["seed"]
+            self.epoch, self.seed = saved["epoch"], saved["seed"]
             self.global_step = saved.get("global_step", 0)
             self.history = {k: list(v) for k, v in saved.get("history", {}).items()}
             commit_callbacks()
+
+    def _check_loss_state(self, ck) -> None:
+        """A loss with parameters needs them in the checkpoint, matching; any other loss none."""
+        name = type(self.loss).__name__
+        if isinstance(self.loss, Layer) and self.loss.params:
+            if not ck.loss:
+                raise ck.error(f"the checkpoint has no parameters for the loss {name}, which has some")
+            ck.match(f"this trainer's loss {name}", self.loss.state_arrays(), ck.loss)
+        elif ck.loss:
+            raise ck.error(f"the checkpoint holds loss parameters ({sorted(ck.loss)[:3]}...) but this "
+                           f"trainer's loss {name} has none")
+
+    def _check_optimizer_state(self, ck) -> dict:
+        """The checkpoint's optimizer must be this trainer's type with a state that fits its
+        parameters; returns those parameters' shapes by optimizer key."""
+        from .optim.base import parameter_keys
+
+        modules = (self.net, self.loss) if isinstance(self.loss, Layer) and self.loss.params else (self.net,)
+        shapes = {key: tuple(layer.params[name].shape) for key, layer, name in parameter_keys(modules)}
+        if ck.optimizer is None:
+            return shapes
+        opt_meta, opt_arrays = ck.optimizer
+        mine = type(self.optimizer).__name__
+        if opt_meta.get("type") != mine:
+            raise ck.error(f"the checkpoint's optimizer is a {opt_meta.get('type')}, this trainer's is a "
+                           f"{mine}; resume with the same optimizer")
+        try:
+            self.optimizer.check_state(opt_meta, opt_arrays, shapes)
+        except ValueError as exc:
+            raise ck.error(f"the optimizer state does not fit this trainer's {mine} "
+                           f"{self.optimizer.get_config()}: {exc}") from None
+        return shapes
 
     def _restore_callbacks(self, path, saved, arrays):
         """Check each saved callback state against this trainer's callback at the same index by
@@ -543,19 +582,8 @@ class Trainer:
                     "pass the same callbacks, in the same order, to resume")
             state, got = entry["state"], arrays.get(i, {})
             try:
-                if isinstance(mine, EarlyStopping):
-                    best, epoch, wait = state.get("best"), state.get("best_epoch"), state.get("wait")
-                    if isinstance(best, bool) or not isinstance(best, (int, float)):
-                        raise ValueError(f"best must be a number, got {best!r}")
-                    for name, v in (("best_epoch", epoch), ("wait", wait)):
-                        if not (v is None and name == "best_epoch") and (
-                                isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-                    net = self.net.state_arrays()
-                    if got and (set(got) != set(net)
-                                or any(tuple(got[k].shape) != tuple(net[k].shape) for k in got)):
-                        raise ValueError("its best weights do not match this trainer's network")
                 new = copy.copy(mine)
+                new.check_state(state, got, self)
                 new.load_state_dict(state, got)
             except Exception as exc:
                 raise ModelFileError(f"{path}: the state of callback {i} ({entry['type']}) is invalid: "

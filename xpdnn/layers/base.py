@@ -142,7 +142,7 @@ class Layer:
         like = next(iter(self.params.values()), None)
         for name, a in host_arrays.items():
             self.params[name] = np.asarray(a, dtype=self.dtype)
-        if like is not None and not isinstance(like, np.ndarray):
+        if like is not None and not B.is_numpy(like):
             self.to(like=like)
         else:
             self._reset_grads()
