@@ -1,4 +1,4 @@
-"""Vanishing gradients and dead ReLUs, measured (seed 002's claims, in numbers).
+"""Vanishing gradients and dead ReLUs, measured (CS231n's claims, in numbers).
 
 1. In a 10-layer sigmoid network (LeCun init, Var(w) = 1/n_in) the first layer's gradient norm
    is orders of magnitude below the last layer's: every sigmoid multiplies the backward signal

@@ -1,4 +1,4 @@
-"""Training diagnostics (seed 002): dead ReLU units, saturated sigmoid/tanh units, gradient flow.
+"""Training diagnostics (CS231n, "Neural Networks Part 3"): dead ReLU units, saturated sigmoid/tanh units, gradient flow.
 
 Three :class:`~xpdnn.trainer.Callback` subclasses write per-layer numbers into the training
 history under ``"<metric>/<layer path>"`` keys, the paths being those of
@@ -11,7 +11,7 @@ history under ``"<metric>/<layer path>"`` keys, the paths being those of
 * :class:`DeadReLUMonitor` -- ``dead_fraction/<path>``: at the end of every epoch an evaluation
   forward pass over a fixed sample of the training data (given to the constructor) records, per
   ReLU layer, which units are ever > 0; a unit never active on the whole sample is dead.  Warns
-  above ``threshold`` (40%, the texts' figure) with the hint to lower the learning rate.
+  above ``threshold`` (40%, the fraction of dead units CS231n warns about) with the hint to lower the learning rate.
 * :class:`SaturationMonitor` -- ``saturation/<path>``: on the same kind of pass, the fraction of
   sigmoid/tanh outputs within ``tol`` of an asymptote (where the local gradient nearly vanishes).
 

@@ -2,7 +2,7 @@
 
 An initializer is ``f(rng, n_in, n_out) -> W``: it draws on the host with a NumPy ``Generator``
 and returns a float64 array of shape ``(n_out, n_in)`` (one row of incoming weights per unit, as
-in the texts' ``W x``); layers cast and move it.  Because weights are drawn on the host, every
+in the ``W x`` of the usual notation); layers cast and move it.  Because weights are drawn on the host, every
 backend starts from identical weights.  Initializers with options take them as keyword arguments
 after ``n_out``; bind them with ``functools.partial`` (``partial(sparse, k=5)``) or a small factory.
 
@@ -44,7 +44,7 @@ def uniform(rng, n_in, n_out, limit=0.05):
 
 
 def lecun_normal(rng, n_in, n_out):
-    """LeCun: w ~ N(0, 1) / sqrt(n_in), i.e. Var(w) = 1 / n_in (seed 002's calibration)."""
+    """LeCun: w ~ N(0, 1) / sqrt(n_in), i.e. Var(w) = 1 / n_in (LeCun et al., "Efficient BackProp", 1998)."""
     return rng.standard_normal((n_out, n_in)) / math.sqrt(n_in)
 
 

@@ -1,4 +1,4 @@
-"""Data preprocessing fitted on the training set only (seed 002): mean subtraction,
+"""Data preprocessing fitted on the training set only (CS231n, "Neural Networks Part 2"): mean subtraction,
 standardization, min-max scaling, PCA, PCA whitening and ZCA whitening.
 
 Every transformer follows scikit-learn's shape: ``fit(X_train)`` computes statistics from the
@@ -7,7 +7,7 @@ training set, ``transform(X)`` applies them to any set, ``fit_transform`` does b
 in float64 on X's device with Array API functions only (``xp.linalg.eigh`` for the covariance),
 and ``transform`` returns X's library, device and floating dtype (integer input becomes float32).
 
-The texts' "common mistake" is fitting on the whole data set before the split: always split
+CS231n's "common pitfall" is fitting on the whole data set before the split: always split
 first, ``fit`` on the training part, then ``transform`` the training, validation and test parts.
 
 A fitted transformer is saved as ``meta, arrays = t.get_state()`` (JSON-able dict, host NumPy
@@ -184,7 +184,7 @@ def transformer_from_state(meta: dict, arrays: dict) -> Transformer:
 
 class MeanSubtraction(Transformer):
     """``X - mean``: per feature (``per_feature=True``, ``np.mean(X, axis=0)``) or one global
-    mean over all values (``per_feature=False``, the texts' choice for images).
+    mean over all values (``per_feature=False``, CS231n's choice for images).
     X (N, D) -> (N, D)."""
 
     def __init__(self, per_feature: bool = True):

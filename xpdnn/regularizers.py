@@ -98,7 +98,7 @@ class L1(Regularizer):
 
 class ElasticNet(Regularizer):
     """L1 plus L2: ``l1 * sum(|W|) + l2 / 2 * sum(W**2)``; gradient ``l1 * sign(W) + l2 * W``.
-    (The texts' ``lam1 |w| + lam2 w**2`` is ``ElasticNet(l1=lam1, l2=2 * lam2)``.)"""
+    (The ``lam1 |w| + lam2 w**2`` of CS231n's elastic net is ``ElasticNet(l1=lam1, l2=2 * lam2)``.)"""
 
     def __init__(self, l1: float, l2: float, include_bias: bool = False):
         super().__init__(include_bias)

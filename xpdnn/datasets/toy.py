@@ -1,4 +1,4 @@
-"""Small built-in data sets: XOR (seed 004) and the K-armed spirals (the CS231n 2-D demo)."""
+"""Small built-in data sets: XOR (Goodfellow, Bengio & Courville, Deep Learning, section 6.1) and the K-armed spirals (the CS231n 2-D demo)."""
 
 from __future__ import annotations
 

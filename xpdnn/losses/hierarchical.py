@@ -1,4 +1,4 @@
-"""Hierarchical softmax for very large label sets (seed 002; Morin & Bengio 2005, word2vec).
+"""Hierarchical softmax for very large label sets (Morin & Bengio 2005; Mikolov et al. 2013, word2vec).
 
 The C classes are the leaves of a binary tree with C - 1 inner nodes.  Inner node k is a
 logistic unit on the hidden features h: it goes left with probability sigma(W_k . h + b_k) and
