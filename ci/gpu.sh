@@ -91,7 +91,7 @@ fi
 
 section "pytest (whole suite: $TESTS)"
 # shellcheck disable=SC2086
-"$PY" -m pytest -q -rfEs -p no:cacheprovider $TESTS >"$work/all.log" 2>&1
+"$PY" -m pytest -q -rfEs -p no:cacheprovider -m "slow or not slow" $TESTS >"$work/all.log" 2>&1
 rc_all=$?
 summarize "$work/all.log" $rc_all
 

@@ -3,7 +3,9 @@ installed) and CuPy (when a CUDA device is present)."""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import subprocess
 
 import numpy as np
 import pytest
@@ -88,6 +90,51 @@ def backend(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def nvrtc_ptx():
+    """``nvrtc_ptx(source, arch)``: the PTX NVRTC makes of a CUDA source under ``xpdnn/kernels``
+    for ``arch``, compiled once per test session (a compile takes seconds and several test files
+    read the same PTX).  Skips where CuPy or the NVRTC library is missing; needs no GPU."""
+    pytest.importorskip("cupy")
+    try:
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # the NVRTC shared library is missing or broken
+        pytest.skip(f"NVRTC is not usable: {type(exc).__name__}: {exc}")
+    from xpdnn.kernels import _compile
+
+    @functools.lru_cache(maxsize=None)
+    def compile_(source, arch):
+        return _compile.nvrtc_compile(_compile.read_source(source), arch)
+
+    return compile_
+
+
+@pytest.fixture(scope="session")
+def shared_library(tmp_path_factory):
+    """``shared_library(compiler, flags, text, name) -> (subprocess.CompletedProcess, path)``: the
+    C++ ``text`` built with ``compiler -shared -fPIC flags`` into ``path``, once per test session
+    for the same compiler, flags and text (the kernels' CPU builds take seconds each and more than
+    one test file loads them).  The caller checks ``returncode`` and loads ``path``."""
+    root = tmp_path_factory.mktemp("cxx")
+    built = {}
+
+    def build(compiler, flags, text, name):
+        key = (compiler, tuple(flags), text)
+        if key not in built:
+            d = root / str(len(built))
+            d.mkdir()
+            src, lib = d / f"{name}.cpp", d / f"{name}.so"
+            src.write_text(text)
+            res = subprocess.run([compiler, *flags, "-shared", "-fPIC", "-o", str(lib), str(src)],
+                                 capture_output=True, text=True)
+            built[key] = (res, lib)
+        return built[key]
+
+    return build
 
 
 def pytest_report_header(config):

@@ -48,6 +48,7 @@ def peak_bytes(fn):
 
 # -- size limits ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_idx_gzip_bomb_is_refused_before_decompressing(tmp_path):
     p = tmp_path / "bomb-images-idx3-ubyte.gz"
     shape = (1024, 256, 256)                         # 64 MiB of zeros, about 64 KiB compressed
@@ -80,6 +81,7 @@ def test_idx_default_limit_is_2_gib(tmp_path):
         read_idx(raw, max_bytes=-1)
 
 
+@pytest.mark.slow
 def test_csv_gzip_bomb_is_refused_while_reading(tmp_path):
     p = tmp_path / "bomb.csv.gz"
     gzip_stream(p, b"", b"1,2,0\n" * 100_000, 100)  # 60 MB of text

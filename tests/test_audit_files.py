@@ -630,6 +630,7 @@ MUST_FAIL = ["format=delete", "format=string", "format=null", "architecture=dele
              "optimizer.steps=huge-int", "trainer.epoch=huge-int", "trainer.global_step=huge-int"]
 
 
+@pytest.mark.slow
 def test_fuzzed_metadata_raises_model_file_error_and_nothing_else(tmp_path, good_file):
     meta, tensors = _meta_and_tensors(good_file)
     restorer = _trainer(fit_epochs=1)

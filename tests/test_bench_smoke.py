@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import BACKENDS
 from xpdnn import bench
 
 TINY = ["--scale", "0.005", "--repeat", "2", "--warmup", "0", "--quiet", "--threads", "1"]
@@ -18,6 +19,9 @@ PEER_OF = {"numpy": "xpdnn-numpy", "torch": "xpdnn-torch", "array_api_strict": "
            "cupy": "xpdnn-cupy"}
 
 
+# a run per backend: NumPy's in the everyday run, the others slow
+@pytest.mark.parametrize("backend", [b if b == "numpy" else pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS],
+                         indirect=True)
 def test_report_structure(backend, tmp_path, capsys):
     peer = PEER_OF[backend.name]
     path = tmp_path / "report.json"
@@ -85,6 +89,7 @@ def test_ratios_against_torch():
     assert "vs torch" in bench.format_report(report)
 
 
+@pytest.mark.slow
 def test_interleaved_rounds_pair_the_peers():
     pytest.importorskip("torch")
     cfg = bench.Config(scale=0.005, repeat=3, warmup=0, threads=1, only=("W1",),
@@ -98,6 +103,7 @@ def test_interleaved_rounds_pair_the_peers():
     assert report["ratios"][key] == pytest.approx(per_round[1])
 
 
+@pytest.mark.slow
 def test_torch_and_sklearn_peers_train_the_same_network():
     """Same initial weights, shuffling and SGD: xpdnn and the PyTorch hand loop reach the same
     first-epoch loss (float32 rounding apart); sklearn trains a network of the same shape."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -21,6 +20,8 @@ from xpdnn.random import Stream
 from xpdnn.testing import check_layer_gradients
 
 SIZES = [1, 7, 8, 9, 1000003]
+# the host build on a million elements (every alignment, three dtypes) is slow
+HOST_SIZES = SIZES[:-1] + [pytest.param(SIZES[-1], marks=pytest.mark.slow)]
 
 
 def reference(X, rate, seed, counter):
@@ -199,16 +200,14 @@ def test_kernel_index_emulation_large_odd_size():
 
 # -- the kernel source compiled as C++ on the host ---------------------------------------
 
-@pytest.fixture(scope="module")
-def host_kernel(tmp_path_factory):
+@pytest.fixture(scope="session")
+def host_kernel(shared_library):
+    """The kernel source built as host C++, once per session (``shared_library`` in conftest.py;
+    tests/test_properties.py uses it too)."""
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler to build the kernel source on the host")
-    d = tmp_path_factory.mktemp("host_kernel")
-    src, lib = d / "dropout_host.cpp", d / "dropout_host.so"
-    src.write_text(read_source("dropout.cu"))
-    res = subprocess.run([cxx, "-std=c++17", "-O1", "-shared", "-fPIC", str(src), "-o", str(lib)],
-                         capture_output=True, text=True)
+    res, lib = shared_library(cxx, ["-std=c++17", "-O1"], read_source("dropout.cu"), "dropout_host")
     if res.returncode != 0:
         if "_Float16" in res.stderr:
             pytest.skip("this C++ compiler has no _Float16")
@@ -232,7 +231,7 @@ def run_host(so, dtype, x, y, rate, seed, counter):
                                        xr.threshold(rate), float(scale))
 
 
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n", HOST_SIZES)
 def test_host_kernel_bits(host_kernel, n):
     for seed, counter in ((0, 0), (2**64 - 1, 3)):
         out = np.zeros(n, dtype=np.uint32)
@@ -241,7 +240,7 @@ def test_host_kernel_bits(host_kernel, n):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n", HOST_SIZES)
 def test_host_kernel_matches_numpy_path_at_every_alignment(host_kernel, dtype, n):
     rng = np.random.default_rng(n)
     base_x = rng.standard_normal(n + 16).astype(dtype)

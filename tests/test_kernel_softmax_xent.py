@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import re
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -40,17 +39,10 @@ def test_plan_and_launch_config():
 
 # -- (1) every instantiation compiles with NVRTC ------------------------------------------------
 
+@pytest.mark.slow       # ~3 s per architecture
 @pytest.mark.parametrize("arch", ARCHS)
-def test_nvrtc_compiles_every_kernel(arch):
-    pytest.importorskip("cupy")
-    nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
-    try:
-        nvrtc.getVersion()
-    except Exception as exc:  # libnvrtc missing: NVRTC cannot be loaded
-        pytest.skip(f"NVRTC cannot be loaded: {exc}")
-    from xpdnn.kernels._compile import nvrtc_compile
-
-    ptx = nvrtc_compile(read_source(K.SOURCE), arch)
+def test_nvrtc_compiles_every_kernel(nvrtc_ptx, arch):
+    ptx = nvrtc_ptx(K.SOURCE, arch)           # compiled once per session (conftest.py)
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
     assert entries == set(K.kernel_names())
@@ -133,8 +125,10 @@ def sentinel(n, tname):
     return np.full(n, SENTINEL[tname], dtype=STORAGE[tname])
 
 
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
+@pytest.fixture(scope="session")
+def emu(shared_library):
+    """The kernel source built as C++ for the CPU, once per session (``shared_library`` in
+    conftest.py; tests/test_properties.py uses it too)."""
     gxx = shutil.which("g++")
     if gxx is None:
         pytest.skip("no C++ compiler (g++) to run the kernel source on the CPU")
@@ -151,20 +145,18 @@ def emu(tmp_path_factory):
         else:
             block = "XENT_BLOCK" if "block" in name else "XENT_WARP_THREADS"
             parts.append(f"EMU_ROW({CTYPE[suffix]}, {name}, {block})")
-    d = tmp_path_factory.mktemp("xent_emu")
 
     def compile_(name, text):
-        (d / f"{name}.cpp").write_text(text)
-        return subprocess.run([gxx, "-std=c++20", "-O0", "-pthread", "-shared", "-fPIC", "-w", "-o",
-                               str(d / f"{name}.so"), str(d / f"{name}.cpp")], capture_output=True, text=True)
+        return shared_library(gxx, ["-std=c++20", "-O0", "-pthread", "-w"], text, name)
 
-    probe = compile_("shim", SHIM)       # the emulation itself needs C++20 <barrier> and _Float16
-    if probe.returncode != 0:
-        pytest.skip("this C++ compiler cannot build the CUDA emulation shim: " + probe.stderr[-300:])
-    res = compile_("xent", "\n".join(parts))
+    res, lib = compile_("xent", "\n".join(parts))
     if res.returncode != 0:
+        # a compiler that cannot build the shim alone (C++20 <barrier>, _Float16) skips; else the source is at fault
+        probe, _ = compile_("shim", SHIM)
+        if probe.returncode != 0:
+            pytest.skip("this C++ compiler cannot build the CUDA emulation shim: " + probe.stderr[-300:])
         raise AssertionError("the kernel source does not compile as C++:\n" + res.stderr[-4000:])
-    return ctypes.CDLL(str(d / "xent.so"))
+    return ctypes.CDLL(str(lib))
 
 
 def bf16_bits(x):
@@ -243,6 +235,7 @@ EMU_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tname", ["float32", "float64", "float16", "bfloat16"])
 @pytest.mark.parametrize("case", EMU_CASES, ids=lambda c: f"C{c[0]}-ld{c[2]}-off{c[3]}-inplace{c[4]}")
 def test_emulated_kernel_matches_portable(emu, tname, case):
@@ -280,6 +273,7 @@ def test_emulated_vector_paths_are_taken():
     assert seen == {0, 1}
 
 
+@pytest.mark.slow
 def test_emulated_bad_label_and_all_ignored(emu):
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((5, 6)).astype(np.float32)

@@ -133,6 +133,7 @@ def test_hand_set_xor_network(backend):
     np.testing.assert_allclose(backend.numpy(net(X))[:, 0], [0.0, 1.0, 1.0, 0.0])
 
 
+@pytest.mark.slow
 def test_relu_mlp_learns_xor(backend):
     X = backend.asarray(np.array([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]]))
     y = backend.asarray(np.array([0, 1, 1, 0]))

@@ -398,7 +398,8 @@ def test_prelu_slope_gradient_at_zero_is_zero_and_rrelu_train_uses_its_slope_at_
 NO_BAD = (1 << 64) - 1
 
 
-@pytest.mark.parametrize("C", [6, pytest.param(1100, marks=pytest.mark.slow)])   # the warp and the block kernel
+@pytest.mark.slow
+@pytest.mark.parametrize("C", [6, 1100])              # the warp kernel and the block kernel
 def test_kernel_label_check_at_c_and_beyond(emu, C):
     Z = np.random.default_rng(C).standard_normal((5, C)).astype(np.float32)
     for y, first_bad in (([0, C - 1, 1, 2, 3], NO_BAD), ([0, C, 1, 2, 3], 1), ([0, 1, C + 1, C, 2], 2),
@@ -411,7 +412,8 @@ def test_kernel_label_check_at_c_and_beyond(emu, C):
         assert np.all(rl[~live] == 0) and np.all(G[~live] == 0) and np.all(rl[live] > 0)
 
 
-@pytest.mark.parametrize("C", [6, pytest.param(1100, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("C", [6, 1100])
 def test_kernel_ignore_index_handling(emu, C):
     from xpdnn.losses.cross_entropy import SoftmaxCrossEntropy
 

@@ -246,6 +246,7 @@ def test_cuda_request_without_gpu_is_a_clear_error(rng):
     assert resolve("auto")[0] == "numpy"
 
 
+@pytest.mark.slow
 def test_main_job_reaches_097_on_digits(capsys, tmp_path):
     """The README's first command: default `xpdnn train` on digits."""
     from xpdnn.cli import main

@@ -374,7 +374,7 @@ def _blas_name(np):
 
 
 def _bench(argv) -> int:
-    """``xpdnn bench``: its own parser (xpdnn/bench.py), with the checks that must come before a
+    """``xpdnn bench``: its own parser (xpdnn/bench/cli.py), with the checks that must come before a
     long run: a non-negative seed, a finite scale and writable --json/--markdown/--plot paths."""
     from . import bench
 
