@@ -1,5 +1,10 @@
 """One test suite, parametrised over backends: NumPy, array-api-strict, PyTorch-CPU (when
-installed) and CuPy (when a CUDA device is present)."""
+installed), JAX on the CPU (when installed) and CuPy (when a CUDA device is present).
+
+array-api-strict proves that nothing NumPy-only crept in, but it allows writing into arrays, so
+an update done in place on a temporary (``m *= b1`` where ``m`` is not stored back) passes there;
+JAX's arrays are immutable (``a += b`` rebinds ``a`` to a new array), so such a lost update shows
+up as a different result on the JAX backend."""
 
 from __future__ import annotations
 
@@ -34,6 +39,11 @@ class Backend:
             import cupy
 
             self.lib = cupy
+        elif name == "jax":
+            import jax
+
+            jax.config.update("jax_enable_x64", True)      # float64 gradient checks
+            self.lib = jax.numpy
         self.xp = B.namespace(self.asarray(np.zeros(1)))
 
     def asarray(self, a, dtype=None):
@@ -74,6 +84,11 @@ def _available():
         names.append("torch")
     except ImportError:
         pass
+    try:
+        importlib.import_module("jax")
+        names.append("jax")
+    except ImportError:
+        pass
     if cuda_available()[0]:
         names.append("cupy")
     return names
@@ -82,7 +97,9 @@ def _available():
 BACKENDS = _available()
 
 
-@pytest.fixture(params=BACKENDS)
+# JAX compiles every eager operation for each new shape: its cases take minutes, so they carry the
+# slow marker (the everyday run skips them; .ci/run runs them)
+@pytest.fixture(params=[pytest.param(b, marks=pytest.mark.slow) if b == "jax" else b for b in BACKENDS])
 def backend(request):
     return Backend(request.param)
 

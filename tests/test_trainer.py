@@ -527,3 +527,24 @@ def test_evaluate_moves_host_data_to_the_device(rng):
     on_host = tr.evaluate(X, y)                       # NumPy data, net on torch tensors
     on_device = tr.evaluate(*tr._place(X, y))
     assert on_host == pytest.approx(on_device, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_digits_on_jax_gives_numpys_history():
+    """JAX's immutable arrays: every parameter and optimizer-state update is stored back, so a
+    digits run with dropout and Adam/SGD matches NumPy's loss history to float32 rounding."""
+    jnp = pytest.importorskip("jax.numpy")
+    X, y = xd.datasets.load_digits()
+    Xtr, Xte, ytr, yte = xd.datasets.train_test_split(X, y, seed=0)
+
+    def run(put, opt):
+        net = xd.Sequential(xd.Linear(64, 32), xd.ReLU(), xd.Dropout(0.2), xd.Linear(32, 10))
+        t = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=opt(), batch_size=64, epochs=3, seed=0,
+                       progress=False)
+        return t.fit(put(Xtr), put(ytr), validation=(put(Xte), put(yte)))
+
+    for opt in (lambda: xd.SGD(lr=0.1, momentum=0.9), lambda: xd.Adam(lr=1e-3)):
+        ref, got = run(lambda a: a, opt), run(jnp.asarray, opt)
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=1e-5)
+        np.testing.assert_allclose(got["val_loss"], ref["val_loss"], rtol=1e-5)
+        assert ref["loss"][-1] < ref["loss"][0]
