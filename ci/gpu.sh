@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# xpdnn on a CUDA machine: the GPU tests, the whole suite, the GPU benchmarks; one results file.
+# xpdnn on a CUDA machine: xpdnn selftest, the GPU tests, the whole suite, the GPU benchmarks;
+# one results file.
 #
 #   ci/gpu.sh [RESULTS_FILE]
 #
@@ -10,7 +11,7 @@
 #
 # Environment: PYTHON (default python3); XPDNN_CI_BENCH = quick (default) | full | off;
 # XPDNN_CI_TESTS = the test paths/args for the whole-suite run (default: tests).
-# Exit status: 0 when the GPU tests and the suite passed (benchmarks never fail the run).
+# Exit status: 0 when the selftest, the GPU tests and the suite passed (benchmarks never fail the run).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 2
 
@@ -38,6 +39,12 @@ section() { printf '\n== %s ==\n' "$1" >>"$results"; }
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     echo "host: $(uname -srm)"
 } >"$results"
+
+section "xpdnn selftest"
+"$PY" -m xpdnn.cli selftest --json "$work/selftest.json" >>"$results" 2>&1
+rc_self=$?
+echo "exit status: $rc_self" >>"$results"
+[ -s "$work/selftest.json" ] && { echo "-- selftest json --"; cat "$work/selftest.json"; } >>"$results"
 
 section "device"
 if command -v nvidia-smi >/dev/null; then
@@ -130,11 +137,11 @@ if [ "$BENCH" != "off" ]; then
 fi
 
 section "overall"
-if [ $rc_gpu -eq 0 ] && [ $rc_all -eq 0 ]; then
+if [ $rc_self -eq 0 ] && [ $rc_gpu -eq 0 ] && [ $rc_all -eq 0 ]; then
     echo "PASS" >>"$results"
     status=0
 else
-    echo "FAIL (pytest -m gpu: $rc_gpu, whole suite: $rc_all)" >>"$results"
+    echo "FAIL (selftest: $rc_self, pytest -m gpu: $rc_gpu, whole suite: $rc_all)" >>"$results"
     status=1
 fi
 echo "results: $results"

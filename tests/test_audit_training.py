@@ -398,3 +398,22 @@ def test_mc_predict_follows_the_head(rng):
     _fit(reg, xd.MSE(), X, score.astype(np.float32))
     with pytest.raises(ValueError, match="regression"):
         xd.mc_predict(reg, X)
+
+
+def test_bagging_follows_the_members_head(rng):
+    X, score = _data(rng, n=80)
+    y = (score > 0).astype(np.float32)
+    bag = xd.Bagging(lambda: xd.Sequential(xd.Linear(5, 1)), n_members=3, loss=xd.BinaryCrossEntropy(),
+                     epochs=5, batch_size=16, progress=False)
+    bag.fit(X, y)
+    P = B.to_numpy(bag.predict_proba(X))
+    assert P.shape == (80, 2)
+    np.testing.assert_array_equal(B.to_numpy(bag.predict(X)), P.argmax(axis=1))
+    Y = np.stack([score > 0, X[:, 0] > 0], axis=1).astype(np.float32)
+    multi = xd.Bagging(lambda: xd.Sequential(xd.Linear(5, 2)), n_members=3, loss=xd.MultiLabelLogistic(),
+                       epochs=5, batch_size=16, progress=False)
+    multi.fit(X, Y)
+    mean = B.to_numpy(multi.predict_proba(X))
+    labels = B.to_numpy(multi.predict(X))
+    assert labels.shape == (80, 2)
+    np.testing.assert_array_equal(labels, (mean > 0.5).astype(np.int64))

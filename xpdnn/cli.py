@@ -1,4 +1,4 @@
-"""Command line: ``xpdnn train``, ``xpdnn info`` and ``xpdnn bench``.
+"""Command line: ``xpdnn train``, ``xpdnn info``, ``xpdnn selftest`` and ``xpdnn bench``.
 
 Bad input is reported in one line and never as a traceback: a flag out of range, an unknown
 name (names are case-insensitive; the message lists the valid ones) or a ``--save`` path that
@@ -360,8 +360,68 @@ def cmd_info(args) -> int:
             print(f"{name}: not installed")
         except Exception as exc:              # installed but broken (e.g. a missing shared library)
             print(f"{name}: not usable ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    print(_kernel_check_line(ok))
     print(f"--backend auto picks: {'cupy' if ok else 'numpy'}")
     return 0
+
+
+SELFTEST_BACKENDS = ("numpy", "torch", "cupy", "jax")
+
+
+def _backend_list(text):
+    names = [t.strip().lower() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in SELFTEST_BACKENDS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(SELFTEST_BACKENDS)}, comma separated")
+    return tuple(names)
+
+
+def cmd_selftest(args) -> int:
+    """``xpdnn selftest``: the report of :mod:`xpdnn.selftest`; exit status 1 if anything disagrees."""
+    import json
+
+    from xpdnn import selftest
+
+    report = selftest.run(backends=args.backends, with_bandwidth=not args.no_bandwidth)
+    print(selftest.format_report(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, default=str)
+        print(f"report written to {args.json}")
+    return 0 if report["ok"] else 1
+
+
+def _kernel_check_line(cuda_ok) -> str:
+    """What ``xpdnn info`` says about the fused kernels' first-use check, with its cost measured
+    here on a CUDA device (the float32 variants a digits run takes)."""
+    from xpdnn.kernels import check
+
+    mode = check.mode()
+    head = {"off": "off (XPDNN_KERNEL_CHECK=0)", "strict": "strict (XPDNN_KERNEL_CHECK=strict: a mismatch raises)",
+            "warn": "on (a mismatch warns and falls back to the portable path)"}[mode]
+    if mode == "off":
+        return f"fused-kernel first-use check: {head}"
+    if not cuda_ok:
+        return f"fused-kernel first-use check: {head}; no CUDA device here, so nothing to check"
+    import cupy
+
+    from xpdnn.kernels import dropout, softmax_xent
+
+    like = cupy.zeros(1, dtype=cupy.float32)
+    costs = []
+    probes = [("softmax_xent", lambda: check.xent_probe(softmax_xent, like, "float32", "xent_warp1_f32/scalar")),
+              ("dropout", lambda: check.dropout_probe(dropout, like, "vec16"))]
+    for kernel, probe in probes:
+        try:
+            probe()                          # compiles the kernel, which its first real call would do anyway
+            t0 = time.perf_counter()
+            bad = probe()
+            costs.append(f"{kernel} {1e3 * (time.perf_counter() - t0):.1f} ms"
+                         + (" (DISAGREES: run xpdnn selftest)" if bad else ""))
+        except Exception as exc:
+            costs.append(f"{kernel}: failed ({type(exc).__name__})")
+    return (f"fused-kernel first-use check: {head}; once per process and kernel variant, nothing per step; "
+            f"cost per variant on {check.device_label(like)}: {', '.join(costs)}")
 
 
 def _blas_name(np):
@@ -431,6 +491,14 @@ def parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="list usable backends, versions and the BLAS NumPy uses")
     i.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("selftest", help="check this install: backends, fused CUDA kernels, a digits run per backend")
+    s.add_argument("--json", default=None, type=check_output_path, metavar="PATH",
+                   help="also write the report as JSON here")
+    s.add_argument("--backends", default=",".join(SELFTEST_BACKENDS), type=_backend_list, metavar="LIST",
+                   help=f"backends for the digits runs, comma separated (default {','.join(SELFTEST_BACKENDS)})")
+    s.add_argument("--no-bandwidth", action="store_true", help="skip the kernels' bandwidth figures")
+    s.set_defaults(func=cmd_selftest)
 
     b = sub.add_parser("bench", add_help=False,
                        help="benchmark backends against PyTorch and scikit-learn (xpdnn bench --help)")

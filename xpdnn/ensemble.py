@@ -274,12 +274,22 @@ class Bagging:
         return xp.astype(self._votes_of(P), P.dtype) / P.shape[0]
 
     def predict(self, X, combine: str | None = None):
-        """(N,) int64 labels by ``combine`` (default: the ensemble's ``combine``)."""
+        """(N,) int64 labels by ``combine`` (default: the ensemble's ``combine``); for members
+        with a multilabel sigmoid head, (N, K) 0/1 labels: the mean probability (``"average"``)
+        or the share of members voting 1 (``"vote"``) above one half."""
         combine = self._combine(combine)
         P = self.member_proba(X)
         xp = B.namespace(P)
+        if self._multilabel():
+            S = xp.mean(xp.astype(P > 0.5, P.dtype), axis=0) if combine == "vote" else xp.mean(P, axis=0)
+            return xp.astype(S > 0.5, xp.int64)
         S = self._votes_of(P) if combine == "vote" else xp.mean(P, axis=0)
         return xp.astype(xp.argmax(S, axis=1), xp.int64)
+
+    def _multilabel(self) -> bool:
+        """Whether the members read their K > 1 outputs as independent labels (sigmoid head)."""
+        net = self.members[0]
+        return getattr(net, "head", None) == "sigmoid" and net.output_size(net.n_in) != 1
 
     def _combine(self, combine):
         combine = self.combine if combine is None else combine

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _backend as B
+from . import check as check_kernels
 from . import cpu
 
 
@@ -88,6 +89,25 @@ def adam_step_(W, g, m, v, vmax, **hyper) -> bool:
     return False
 
 
+def _xent_kernel(Z):
+    """The fused softmax cross-entropy (module :mod:`xpdnn.kernels.softmax_xent`) when it can
+    take the logits Z (a 2-D CuPy array of a supported dtype), else None.  Its first use per
+    (device, dtype, variant) is checked against the portable path (:mod:`xpdnn.kernels.check`)."""
+    if not B.is_cupy(Z):
+        return None
+    from . import softmax_xent as kernel
+    return kernel if kernel.fused_available(Z) else None
+
+
+def _dropout_kernel(X):
+    """The fused dropout (module :mod:`xpdnn.kernels.dropout`) for a CuPy array X, else None;
+    checked on first use like :func:`_xent_kernel`."""
+    if not B.is_cupy(X):
+        return None
+    from . import dropout as kernel
+    return kernel
+
+
 def softmax_xent_loss(Z, y, *, weight, weight_like, ignore_index, label_smoothing, reduction, fused, inplace,
                  check, validate, portable):
     """Softmax cross-entropy of logits Z (N, C) against integer labels y (N,): the fused CUDA
@@ -96,9 +116,9 @@ def softmax_xent_loss(Z, y, *, weight, weight_like, ignore_index, label_smoothin
     the same next to Z.  ``check``: the labels still need their range check, which the CUDA
     kernel makes in its prepass and the other paths by ``validate(y)`` (returning int64 labels)."""
     xp = B.namespace(Z, y)
-    if fused and B.is_cupy(Z) and xp.isdtype(y.dtype, "integral"):
-        from . import softmax_xent as kernel
-        if kernel.fused_available(Z):
+    if fused and xp.isdtype(y.dtype, "integral"):
+        kernel = _xent_kernel(Z)
+        if kernel is not None and check_kernels.xent_ok(kernel, Z, inplace):
             acc = xp.float64 if Z.dtype == xp.float64 else xp.float32
             w = wsum = None
             if weight is not None:          # the sum from the host copy: no device read-back
@@ -126,8 +146,8 @@ def apply_dropout(X, rate, seed, counter, *, fused, portable_mask):
         if tuple(dY.shape) != shape:
             raise ValueError(f"Dropout backprop got dY of shape {tuple(dY.shape)}, expected {shape}")
 
-    if fused and B.is_cupy(X):
-        from . import dropout as kernel
+    kernel = _dropout_kernel(X) if fused else None
+    if kernel is not None and check_kernels.dropout_ok(kernel, X):
 
         def backprop(dY):
             check(dY)
