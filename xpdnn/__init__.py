@@ -11,6 +11,7 @@ from .optim import (Optimizer, SGD, Adagrad, RMSProp, Adam, AdamW, StepDecay, Ex
                     InverseTimeDecay, CosineWarmup, ReduceLROnPlateau)
 from .regularizers import L1, L2, ElasticNet, MaxNorm, ClipGradNorm, ClipGradValue
 from .trainer import Trainer, Callback, EarlyStopping, TrainingError
+from .callbacks import ModelCheckpoint
 from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
 from .io import ModelFileError

@@ -220,9 +220,37 @@ def check_finite(X, what="X"):
 
 
 def as_array(X, what="X"):
-    """Accept Array API arrays as they are and lists/tuples as NumPy arrays."""
+    """Accept Array API arrays as they are; lists/tuples and array-likes (a pandas DataFrame or
+    Series through ``to_numpy``, anything with ``__array__``) as NumPy arrays.  A column of
+    non-numbers (strings, categories) is a ValueError naming it."""
     if is_array(X):
         return X
     if isinstance(X, (list, tuple)):
         return np.asarray(X)
-    raise TypeError(f"{what} must be an array (NumPy, CuPy, PyTorch, array-api-strict), got {type(X).__name__}")
+    if hasattr(X, "to_numpy") or hasattr(X, "__array__"):
+        A = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X)
+        if A.dtype == object:
+            A = _numeric(A, X, what)
+        return A
+    raise TypeError(f"{what} must be an array (NumPy, CuPy, PyTorch, array-api-strict) or a pandas "
+                    f"DataFrame/Series, got {type(X).__name__}")
+
+
+def _numeric(A, X, what):
+    """An object array from a table as float64, or a ValueError naming the first column (of
+    ``X.columns`` when it has them) that holds something else than numbers."""
+    try:
+        return A.astype(np.float64)
+    except (TypeError, ValueError):
+        pass
+    columns = list(getattr(X, "columns", [])) or [getattr(X, "name", None)]
+    cols = A.reshape(A.shape[0], -1).T if A.ndim > 1 else A[None, :]
+    for name, col in zip(columns, cols):
+        for v in col:
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                where = f" column {name!r}" if name is not None else ""
+                raise ValueError(f"{what}{where} holds a value that is not a number ({v!r}); convert or "
+                                 "drop non-numeric columns first") from None
+    raise ValueError(f"{what} holds values that are not numbers; convert or drop non-numeric columns first")

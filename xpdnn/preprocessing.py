@@ -76,8 +76,9 @@ class Transformer:
     def fitted(self) -> bool:
         return self._stats is not None
 
-    def fit(self, X):
-        """Compute the statistics from the training set X (N, D); returns ``self``."""
+    def fit(self, X, y=None):
+        """Compute the statistics from the training set X (N, D); returns ``self``.  ``y`` is
+        ignored (scikit-learn's transformer protocol, so a transformer goes into a Pipeline)."""
         X = _check_2d(X)
         if X.shape[0] < self.min_samples:
             raise ValueError(f"{type(self).__name__} needs at least {self.min_samples} sample(s) to fit, "
@@ -95,8 +96,31 @@ class Transformer:
         X = self._check_fitted(X)
         return self._transform(B.namespace(X), _as_float(X))
 
-    def fit_transform(self, X):
+    def fit_transform(self, X, y=None, **fit_params):
         return self.fit(X).transform(X)
+
+    def get_params(self, deep=True):
+        """The constructor's arguments by name (scikit-learn's ``get_params``; ``deep`` is moot)."""
+        import inspect
+
+        names = [p.name for p in inspect.signature(type(self).__init__).parameters.values()
+                 if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params):
+        """Change constructor arguments (validated as the constructor does, nothing changes on an
+        error); a fitted transformer becomes unfitted, since its statistics were computed with
+        the old arguments.  Returns ``self``."""
+        valid = self.get_params()
+        unknown = sorted(set(params) - set(valid))
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {unknown} for {type(self).__name__}; valid: {sorted(valid)}")
+        checked = type(self)(**{**valid, **params})
+        for name in params:
+            setattr(self, name, getattr(checked, name))
+        if params:
+            self._stats, self.n_features, self._cache = None, None, {}
+        return self
 
     def inverse_transform(self, Z):
         """Transformed Z (N, D_out) -> X (N, D) in the original feature space."""
@@ -242,7 +266,10 @@ class MinMaxScaler(Transformer):
         lo, hi = (float(v) for v in feature_range)
         if not lo < hi:
             raise ValueError(f"feature_range must be (low, high) with low < high, got {feature_range}")
-        self.feature_range = (lo, hi)
+        # kept as passed when it already is a (low, high) tuple of floats: scikit-learn's clone
+        # checks that the constructor stores its arguments unchanged
+        same = type(feature_range) is tuple and all(type(v) is float for v in feature_range)
+        self.feature_range = feature_range if same else (lo, hi)
 
     def get_config(self):
         return {"feature_range": list(self.feature_range)}

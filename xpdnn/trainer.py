@@ -133,30 +133,37 @@ def _is_count(v) -> bool:
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` epochs
     (a tie is no improvement); with ``restore_best`` the best epoch's weights are put back at the
-    end.  Its record (best value and epoch, epochs waited, best weights) is saved in a checkpoint,
-    so a run resumed after it stopped stays stopped, as the uninterrupted run did."""
+    end.  ``best_epoch`` and ``stopped_epoch`` (None while it has not stopped the run) are 0-based
+    epoch indices; with the trainer's ``progress`` on, it prints a line when it stops and one
+    naming the epoch whose weights it restored.  Its record (best value and epoch, epochs waited,
+    the epoch it stopped at, best weights) is saved in a checkpoint, so a run resumed after it
+    stopped stays stopped, as the uninterrupted run did."""
 
     def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, restore_best=True):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, int(patience), float(min_delta), restore_best
         self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+        self.stopped_epoch = None
 
     def on_train_begin(self, trainer):
         if trainer.epoch == 0:       # a fresh run; a resumed or continued one keeps its record
             self.best, self.best_epoch, self.best_state, self.wait = math.inf, None, None, 0
+            self.stopped_epoch = None
         elif self.wait >= self.patience:
             # the run this record comes from stopped here: a resumed (or repeated) fit trains no
             # further, as the uninterrupted run did not; pass a new EarlyStopping to train on
             trainer.stop_training = True
 
     def state_dict(self):
-        return ({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait},
+        return ({"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                 "stopped_epoch": self.stopped_epoch},
                 dict(self.best_state or {}))
 
     def check_state(self, state, arrays, trainer):
         best = state.get("best")
         if isinstance(best, bool) or not isinstance(best, (int, float)):
             raise ValueError(f"best must be a number, got {best!r}")
-        for name, v in (("best_epoch", state.get("best_epoch")), ("wait", state.get("wait"))):
+        for name, v in (("best_epoch", state.get("best_epoch")), ("wait", state.get("wait")),
+                        ("stopped_epoch", state.get("stopped_epoch"))):
             if (v is not None or name == "wait") and not _is_count(v):
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
         net = trainer.net.state_arrays()
@@ -165,6 +172,7 @@ class EarlyStopping(Callback):
 
     def load_state_dict(self, state, arrays):
         self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
+        self.stopped_epoch = state.get("stopped_epoch")
         self.best_state = {k: B.to_numpy(v).copy() for k, v in arrays.items()} or None
 
     def on_epoch_end(self, trainer, epoch, logs):
@@ -180,10 +188,17 @@ class EarlyStopping(Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 trainer.stop_training = True
+                self.stopped_epoch = epoch
+                if getattr(trainer, "progress", False):
+                    print(f"early stopping: {self.monitor} did not improve for {self.wait} epochs; stopped "
+                          f"after epoch {epoch + 1}", flush=True)
 
     def on_train_end(self, trainer):
         if self.restore_best and self.best_state is not None:
             trainer.net.load_state_arrays(self.best_state)
+            if getattr(trainer, "progress", False) and self.stopped_epoch is not None:
+                print(f"early stopping: restored the weights of epoch {self.best_epoch + 1} "
+                      f"({self.monitor} {self.best:.4f})", flush=True)
 
 
 class Trainer:
@@ -302,10 +317,16 @@ class Trainer:
         return free is not None and 2 * sum(int(a.nbytes) for a in arrays) > free
 
     # -- training -------------------------------------------------------------------
-    def fit(self, X, y=None, validation=None):
+    def fit(self, X, y=None, validation=None, validation_split=None):
         """Train on arrays ``X`` (N, n_in) and ``y``, or on a :class:`~xpdnn.datasets.BatchStream`
         passed as ``X`` (batches streamed from host or memory-mapped arrays, each validated as
-        it arrives; its own batch size, shuffling and seed apply)."""
+        it arrives; its own batch size, shuffling and seed apply).
+
+        ``validation_split`` (a fraction in (0, 1)) holds out the last ``N - int(N * (1 -
+        fraction))`` rows of X and y, taken before any shuffling (as Keras does), as the
+        validation data; it cannot be combined with ``validation`` or a stream."""
+        if validation_split is not None:
+            X, y, validation = _split_validation(X, y, validation, validation_split)
         with _exclusive(self, self.net):
             return self._fit(X, y, validation)
 
@@ -594,6 +615,27 @@ class Trainer:
             for mine, new in staged:
                 mine.__dict__.update(new.__dict__)
         return commit
+
+
+def _split_validation(X, y, validation, fraction):
+    """(X_train, y_train, (X_val, y_val)): the last ``fraction`` of the rows held out."""
+    if validation is not None:
+        raise ValueError("pass either validation=(X_val, y_val) or validation_split, not both")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    from .datasets.streaming import BatchStream
+
+    if isinstance(X, BatchStream) or y is None:
+        raise ValueError("validation_split needs arrays X and y (not a stream); pass validation=... instead")
+    X, y = B.as_array(X, "X"), B.as_array(y, "y")
+    N = X.shape[0]
+    if y.shape[0] != N:
+        raise ValueError(f"X has {N} samples but y has {y.shape[0]}")
+    split = int(N * (1.0 - fraction))
+    if not 0 < split < N:
+        raise ValueError(f"validation_split={fraction} of {N} samples leaves no training or no validation sample")
+    return X[:split, ...], y[:split, ...], (X[split:, ...], y[split:, ...])
+
 
 class _EpochMeter:
     """An epoch's running loss and accuracy (0-d arrays on the device, read back only for the
