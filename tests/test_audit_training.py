@@ -417,3 +417,27 @@ def test_bagging_follows_the_members_head(rng):
     labels = B.to_numpy(multi.predict(X))
     assert labels.shape == (80, 2)
     np.testing.assert_array_equal(labels, (mean > 0.5).astype(np.int64))
+
+
+@pytest.mark.parametrize("progress", [True, 1, 2])
+def test_logs_are_one_line_per_epoch_without_carriage_returns(rng, capsys, progress):
+    """Keras's verbose=1/2: outside a terminal (a CI log, a pipe), exactly one line per epoch."""
+    X, score = _data(rng, n=64)
+    y = np.digitize(score, [-0.5, 0.5]).astype(np.int64)
+    xd.Trainer(xd.Sequential(xd.Linear(5, 3)), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1),
+               batch_size=16, epochs=3, progress=progress).fit(X, y)
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 3 and all(line.startswith(f"epoch {i + 1}:") for i, line in enumerate(lines))
+
+
+def test_progress_zero_is_silent_and_bad_values_are_refused(rng, capsys):
+    X, score = _data(rng, n=32)
+    y = np.digitize(score, [-0.5, 0.5]).astype(np.int64)
+    xd.Trainer(xd.Sequential(xd.Linear(5, 3)), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1),
+               epochs=2, progress=0).fit(X, y)
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(ValueError, match="verbosity"):
+        xd.Trainer(xd.Sequential(xd.Linear(5, 3)), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1),
+                   progress=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import threading
 import time
 
@@ -227,6 +228,10 @@ class Trainer:
     ``snapshot_every`` (default 32, or ``nan_check_every`` when that is larger) is how often the
     :class:`NaNGuard` copies the state it rolls back to.
 
+    ``progress`` is Keras's ``verbose``: 0 (False) silent; 1 (True) a progress bar per epoch when
+    stderr is a terminal and, either way, one line per epoch on stdout; 2 only the epoch lines.
+    Written to a log, a pipe or a notebook's captured output, there are no carriage returns.
+
     A net's output head (how ``predict`` reads its outputs, see :mod:`xpdnn.heads`) is set from
     ``loss.head`` on the first fit; the history's ``accuracy`` follows it.
 
@@ -242,7 +247,7 @@ class Trainer:
     """
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
-                 seed: int = 0, callbacks=(), progress: bool = True, device=None,
+                 seed: int = 0, callbacks=(), progress: bool | int = True, device=None,
                  regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
                  drop_last: bool = False, fused_step: bool | None = None,
                  stream_to_device: bool | None = None, snapshot_every: int | None = None):
@@ -254,7 +259,10 @@ class Trainer:
         self.batch_size, self.epochs, self.seed = int(batch_size), int(epochs), int(seed)
         self.callbacks = list(callbacks)
         self.regularizers, self.clip, self.constraints = list(regularizers), clip, list(constraints)
-        self.progress = progress
+        if isinstance(progress, bool) or progress in (0, 1, 2):
+            self.progress = int(progress)
+        else:
+            raise ValueError(f"progress must be True/False or a Keras verbosity 0, 1 or 2, got {progress!r}")
         self.device = device
         self.rng = Stream(self.seed)
         for name, every in (("nan_check_every", nan_check_every), ("snapshot_every", snapshot_every)):
@@ -477,7 +485,9 @@ class Trainer:
         return NaNGuard(self, check_every, self.snapshot_every or max(32, check_every))
 
     def _bar(self, epoch, N):
-        if not self.progress:
+        """A progress bar for ``progress=1`` (True) when stderr is a terminal; in a log, a pipe or a
+        notebook's captured output only the epoch lines are written (no carriage returns)."""
+        if self.progress != 1 or not _isatty(sys.stderr):
             return None
         from tqdm.auto import tqdm
         return tqdm(total=N, desc=f"epoch {epoch + 1}/{self.epochs}", unit="sample", leave=False,
@@ -635,6 +645,13 @@ def _split_validation(X, y, validation, fraction):
     if not 0 < split < N:
         raise ValueError(f"validation_split={fraction} of {N} samples leaves no training or no validation sample")
     return X[:split, ...], y[:split, ...], (X[split:, ...], y[split:, ...])
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class _EpochMeter:
