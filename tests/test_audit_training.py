@@ -441,3 +441,28 @@ def test_progress_zero_is_silent_and_bad_values_are_refused(rng, capsys):
     with pytest.raises(ValueError, match="verbosity"):
         xd.Trainer(xd.Sequential(xd.Linear(5, 3)), loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1),
                    progress=3)
+
+
+def test_preprocessing_is_part_of_the_model(rng, tmp_path):
+    """Sequential(..., preprocessing=Standardizer()): fitted by the trainer on the training rows
+    only, applied by fit and predict, saved in the model file; a fit that fails its checks leaves
+    it unfitted."""
+    from xpdnn.preprocessing import Standardizer
+    X, score = _data(rng, n=96)
+    X = X * 7 + 3
+    y = np.digitize(score, [-0.5, 0.5]).astype(np.int64)
+    Xv, yv = X[:16] * 100, y[:16]
+    bad = xd.Sequential(xd.Linear(5, 3), preprocessing=Standardizer())
+    with pytest.raises(ValueError, match="label"):
+        _fit(bad, xd.SoftmaxCrossEntropy(), X, np.where(y == 1, 9, y))
+    assert not bad.preprocessing.fitted
+    net = xd.Sequential(xd.Linear(5, 8), xd.ReLU(), xd.Linear(8, 3), preprocessing=Standardizer())
+    trainer = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1), batch_size=16, epochs=2,
+                         progress=False)
+    trainer.fit(X, y, validation=(Xv, yv))
+    ref = Standardizer().fit(X)
+    np.testing.assert_array_equal(B.to_numpy(net.preprocessing.transform(X)), B.to_numpy(ref.transform(X)))
+    Z = B.to_numpy(net.forward(ref.transform(X).astype(np.float32))[0])
+    np.testing.assert_array_equal(B.to_numpy(net.predict(X)), Z.argmax(axis=1))
+    xd.save(net, tmp_path / "m.xpd")
+    np.testing.assert_array_equal(B.to_numpy(xd.load(tmp_path / "m.xpd").predict(X)), B.to_numpy(net.predict(X)))

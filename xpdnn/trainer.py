@@ -281,7 +281,7 @@ class Trainer:
         self.guard: NaNGuard | None = None
 
     # -- validation of inputs -------------------------------------------------------
-    def _check_data(self, X, y, what=""):
+    def _check_data(self, X, y, what="", pre=None):
         X = B.as_array(X, f"X{what}")
         y = B.as_array(y, f"y{what}")
         B.namespace(X, y)      # raises on mixed libraries
@@ -300,7 +300,7 @@ class Trainer:
         y = self.loss.check_targets(y, self.net.output_size(self.net.n_in))
         xp = B.namespace(X)
         X = xp.astype(X, B.resolve_dtype(xp, self.net.dtype), copy=False)
-        pre = getattr(self.net, "preprocessing", None)
+        pre = pre or getattr(self.net, "preprocessing", None)
         if pre is not None:
             X = xp.astype(pre.transform(X), B.resolve_dtype(xp, self.net.dtype), copy=False)
         return X, y
@@ -353,9 +353,10 @@ class Trainer:
         from .datasets.streaming import BatchStream
 
         stream = X if isinstance(X, BatchStream) else None
+        pre = self._training_preprocessing(stream, X)
         if stream is None:
-            X, y = self._check_data(X, y)
-        val = None if validation is None else self._check_data(*validation, what="_val")
+            X, y = self._check_data(X, y, pre=pre)
+        val = None if validation is None else self._check_data(*validation, what="_val", pre=pre)
         self._streaming = stream is None and self._streams(X, y, *(val or ()))
         if stream is None and not self._streaming:
             X, y = self._place(X, y)
@@ -364,7 +365,22 @@ class Trainer:
             if stream is None:
                 B.namespace(X, val[0])
                 B.same_device(X, val[0])
+        if pre is not None:
+            self.net.preprocessing = pre          # fitted on the training rows only, now kept
         return stream, X, y, val
+
+    def _training_preprocessing(self, stream, X):
+        """The net's preprocessing, fitted on the training data X alone if it is not fitted yet
+        (a copy: the net gets it only once every check has passed); None if it has none."""
+        import copy
+
+        pre = getattr(self.net, "preprocessing", None)
+        if pre is None or pre.fitted:
+            return pre
+        if stream is not None:
+            raise ValueError(f"the network's {type(pre).__name__} is not fitted; fit it on the training data "
+                             "before training on a BatchStream")
+        return copy.deepcopy(pre).fit(B.as_array(X, "X"))
 
     def _make_step(self) -> Step:
         """This fit's step: its gradient sink is :class:`~xpdnn.step.FusedSGD` when the update

@@ -19,6 +19,10 @@ class Sequential(Layer):
     A :class:`Linear` directly followed by a :class:`ReLU` runs as one fused unit (decided here,
     when the network is built).
 
+    ``preprocessing`` (an :mod:`xpdnn.preprocessing` transformer, e.g. ``Standardizer()``) is part
+    of the model: ``Trainer.fit`` fits it on the training data alone if it is not fitted yet,
+    ``fit``/``predict`` apply it to raw inputs, and ``xd.save`` keeps it in the model file.
+
     ``head`` says how the outputs are read by ``predict_proba`` / ``predict`` (``"softmax"``,
     ``"sigmoid"``, ``"margin"``, ``"signed"``, ``"identity"``, ``"features"``: see
     :mod:`xpdnn.heads`).  Left None, the first :class:`~xpdnn.Trainer` fit sets it from its loss
@@ -28,7 +32,7 @@ class Sequential(Layer):
     which is refused.
     """
 
-    def __init__(self, *layers: Layer, head: str | None = None):
+    def __init__(self, *layers: Layer, head: str | None = None, preprocessing=None):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         for i, layer in enumerate(layers):
@@ -43,8 +47,9 @@ class Sequential(Layer):
         self._plan_key = None
         self._units()         # the fusion plan is decided here, when the network is built
         self.fresh = True   # never initialized from a seed, trained or loaded
-        # a fitted xpdnn.preprocessing transformer applied to raw inputs by fit/predict (saved with the model)
-        self.preprocessing = None
+        # an xpdnn.preprocessing transformer applied to raw inputs by fit/predict (saved with the
+        # model); the trainer fits it on the training data if it is not fitted yet
+        self.preprocessing = preprocessing
 
     @property
     def n_features(self):
