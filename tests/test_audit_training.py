@@ -466,3 +466,16 @@ def test_preprocessing_is_part_of_the_model(rng, tmp_path):
     np.testing.assert_array_equal(B.to_numpy(net.predict(X)), Z.argmax(axis=1))
     xd.save(net, tmp_path / "m.xpd")
     np.testing.assert_array_equal(B.to_numpy(xd.load(tmp_path / "m.xpd").predict(X)), B.to_numpy(net.predict(X)))
+
+
+def test_a_transformer_saves_and_loads_alone(rng, tmp_path):
+    from xpdnn.preprocessing import PCA, MinMaxScaler, Standardizer
+    X = rng.standard_normal((40, 6)) * 3 + 1
+    for t in (Standardizer().fit(X), PCA(3, whiten=True).fit(X), MinMaxScaler().fit(X)):
+        xd.save(t, tmp_path / "t.xpd")
+        back = xd.load(tmp_path / "t.xpd")
+        assert type(back) is type(t)
+        np.testing.assert_array_equal(B.to_numpy(back.transform(X)), B.to_numpy(t.transform(X)))
+    with pytest.raises(ValueError, match="not fitted"):
+        xd.save(Standardizer(), tmp_path / "u.xpd")
+    assert not (tmp_path / "u.xpd").exists()

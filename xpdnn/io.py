@@ -246,11 +246,17 @@ def _check_tensors(ck: _Checked, tensors: dict):
 
 # -- writing ---------------------------------------------------------------------------------
 def save(net, path, *, trainer=None, optimizer=None) -> None:
-    """Write ``net`` (and, for a checkpoint, ``trainer``'s optimizer, RNG counter and epoch).
+    """Write ``net`` (and, for a checkpoint, ``trainer``'s optimizer, RNG counter and epoch), or a
+    fitted :mod:`xpdnn.preprocessing` transformer alone (which :func:`load` gives back as such).
 
     Everything is checked first as :func:`load` would check it; a model load would refuse
     raises :class:`ModelFileError` and leaves any previous file at ``path`` as it was."""
     from safetensors.numpy import save as st_save
+    from .preprocessing import Transformer
+
+    if isinstance(net, Transformer):          # stored as a network of no layers with that preprocessing
+        from .layers.sequential import Sequential
+        net = Sequential(preprocessing=net)
 
     tensors = {k: _host(v) for k, v in net.state_arrays().items()}
     meta = {"format": FORMAT, "architecture": layer_to_config(net)}
@@ -464,8 +470,12 @@ def load_checkpoint(path, *, extras: bool = False):
 
 def load(path):
     """Read a model written by :func:`save`; its parameters are host NumPy arrays (they move
-    next to the data on first use, or call ``net.to(like=array)``)."""
-    return load_checkpoint(path)[0]
+    next to the data on first use, or call ``net.to(like=array)``).  A file written from a
+    transformer alone gives that transformer back."""
+    net = load_checkpoint(path)[0]
+    if getattr(net, "layers", None) == [] and getattr(net, "preprocessing", None) is not None:
+        return net.preprocessing
+    return net
 
 
 def load_optimizer(path):
