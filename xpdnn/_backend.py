@@ -7,6 +7,8 @@ individual libraries (NumPy, CuPy, PyTorch, array-api-strict) move data to and f
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import array_api_compat
 from array_api_compat import array_namespace, device as _device
@@ -78,32 +80,16 @@ def mutable(a) -> bool:
     return not is_jax(a)
 
 
-def iadd(a, b):
-    if mutable(a):
-        a += b
-        return a
-    return a + b
+def _update(op, iop):
+    def update(a, b):
+        return iop(a, b) if mutable(a) else op(a, b)
+    return update
 
 
-def isub(a, b):
-    if mutable(a):
-        a -= b
-        return a
-    return a - b
-
-
-def imul(a, b):
-    if mutable(a):
-        a *= b
-        return a
-    return a * b
-
-
-def idiv(a, b):
-    if mutable(a):
-        a /= b
-        return a
-    return a / b
+iadd = _update(operator.add, operator.iadd)
+isub = _update(operator.sub, operator.isub)
+imul = _update(operator.mul, operator.imul)
+idiv = _update(operator.truediv, operator.itruediv)
 
 
 def zeros_into(a):

@@ -9,8 +9,10 @@ pick a fast path (as thinc's ``Ops`` objects and scikit-learn's ``utils/_array_a
 those choices together).
 
 (The names differ from the submodules ``dropout`` and ``softmax_xent``, which hold the CUDA code.)
-Functions ending in ``_`` work in place and return whether they handled the arrays (False: the
-caller runs its portable code, which lives next to the math it documents).
+Functions ending in ``_`` work in place.  Those with a portable alternative return whether they
+handled the arrays (False: the caller runs its portable code, which lives next to the math it
+documents); ``gemm_tn_acc_`` and ``blas_axpy_`` serve only the fused SGD step, after
+:func:`fused_gemm_available` said yes.
 """
 
 from __future__ import annotations
