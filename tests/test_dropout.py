@@ -217,18 +217,18 @@ def host_kernel(shared_library):
     for name in kernel.KERNELS.values():
         fn = getattr(so, name)
         scale = ctypes.c_double if name.endswith("f64") else ctypes.c_float
-        fn.argtypes = [ptr, ptr, u64, u64, u64, u64, scale]
+        fn.argtypes = [ptr, ptr, u64, u64, u64, u64, scale, u64]
         fn.restype = None
     so.xpdnn_philox_bits32.argtypes = [ptr, u64, u64, u64]
     so.xpdnn_philox_bits32.restype = None
     return so
 
 
-def run_host(so, dtype, x, y, rate, seed, counter):
+def run_host(so, dtype, x, y, rate, seed, counter, offset=0):
     """Run the host build of the kernel for ``dtype`` on NumPy buffers ``x`` -> ``y``."""
     scale = kernel.kernel_scale(dtype, rate)
     getattr(so, kernel.KERNELS[dtype])(x.ctypes.data, y.ctypes.data, x.size, seed, counter,
-                                       xr.threshold(rate), float(scale))
+                                       xr.threshold(rate), float(scale), offset)
 
 
 @pytest.mark.parametrize("n", HOST_SIZES)
@@ -255,6 +255,24 @@ def test_host_kernel_matches_numpy_path_at_every_alignment(host_kernel, dtype, n
         np.testing.assert_array_equal(y, Dropout(0.4).forward(x, train=True, rng=Stream(21, 2))[0])
         assert (base_y[:oy] == 7).all() and (base_y[oy + n:] == 7).all()   # nothing written outside
     assert seen == {True, False}               # both the vector and the element-wise path ran
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("offset", [1, 3, 8, 13, 64 * 5 + 7, 2**40 + 5])
+def test_host_kernel_offset_draws_the_words_of_the_larger_array(host_kernel, dtype, offset):
+    """Element i takes word offset + i: the host build of the kernel equals keep_mask(offset=)
+    and, for small offsets, the matching slice of the whole array's mask."""
+    for n in (1, 7, 8, 9, 64 + 3, 1001):
+        x = np.random.default_rng(n).standard_normal(n + 1).astype(dtype)[1:]     # odd address too
+        base_y = np.full(n + 2, 7, dtype=dtype)
+        y = base_y[1:n + 1]
+        run_host(host_kernel, dtype, x, y, 0.35, 5, 9, offset)
+        keep = xr.keep_mask(5, 9, (n,), 0.35, offset=offset)
+        np.testing.assert_array_equal(y, np.where(keep, x * kernel.kernel_scale(dtype, 0.35), 0).astype(dtype))
+        assert base_y[0] == 7 and base_y[-1] == 7                    # nothing written outside
+        if offset < 10**6:
+            whole = xr.keep_mask(5, 9, (offset + n,), 0.35)
+            np.testing.assert_array_equal(keep, whole[offset:])
 
 
 def test_host_kernel_in_place_and_rate_zero(host_kernel):

@@ -58,12 +58,12 @@ class FakeDropout:
     def __init__(self, mode):
         self.mode, self.calls = mode, 0
 
-    def dropout(self, X, rate, seed, counter):
+    def dropout(self, X, rate, seed, counter, offset=0):
         self.calls += 1
         if self.mode == "raise":
             raise RuntimeError("CUDA_ERROR_ILLEGAL_ADDRESS (fake)")
         xp = B.namespace(X)
-        M = dropout_mask(X, rate, seed, counter)
+        M = dropout_mask(X, rate, seed, counter, offset)
         if self.mode == "flip":                          # element 100 (flat) kept <-> dropped
             n = 1
             for d in X.shape:
@@ -283,8 +283,8 @@ def test_dropout_misaligned_start_is_its_own_variant(monkeypatch):
     """A start off 16-byte alignment takes the element-by-element path: checked separately, so a
     kernel wrong only there falls back only there."""
     class Misaligned(FakeDropout):
-        def dropout(self, X, rate, seed, counter):
-            Y = super().dropout(X, rate, seed, counter)
+        def dropout(self, X, rate, seed, counter, offset=0):
+            Y = super().dropout(X, rate, seed, counter, offset)
             return Y * 0 if check.dropout_variant(X) == "element" else Y
 
     fake = Misaligned("ok")

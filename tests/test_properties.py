@@ -140,7 +140,7 @@ def _run_dropout_kernel(so, x, seed, counter, threshold, scale=1.0):
 
     y = np.full_like(x, 7.0)
     getattr(so, kernel.KERNELS["float32"])(x.ctypes.data, y.ctypes.data, x.size, seed, counter, threshold,
-                                           float(scale))
+                                           float(scale), 0)
     return y
 
 

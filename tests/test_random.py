@@ -151,3 +151,32 @@ def test_stream_hands_out_consecutive_counters_and_restores():
 def test_different_counters_and_seeds_give_different_bits():
     a, b, c = xr.bits32(1, 0, 64), xr.bits32(1, 1, 64), xr.bits32(2, 0, 64)
     assert (a != b).mean() > 0.9 and (a != c).mean() > 0.9
+
+
+# -- shards of a batch draw the whole batch's numbers (data-parallel training) ----------------
+
+@pytest.mark.parametrize("offset", [0, 1, 7, 8, 13, 4096 + 3])
+def test_bits32_and_uniform_offset_continue_the_stream(offset):
+    n = 203
+    whole = xr.bits32(11, 4, offset + n)
+    np.testing.assert_array_equal(xr.bits32(11, 4, n, offset=offset), whole[offset:])
+    np.testing.assert_array_equal(xr.uniform(11, 4, (n,), offset=offset), xr.uniform(11, 4, (offset + n,))[offset:])
+    with pytest.raises(ValueError, match="offset"):
+        xr.bits32(11, 4, n, offset=-1)
+
+
+@pytest.mark.parametrize("layer", ["Dropout", "RReLU", "GaussianNoise"])
+def test_row_shards_draw_the_rows_of_the_whole_batch(layer):
+    """Rows r0..r1 of a batch, forwarded with ``Stream.first_row = r0``, get bit for bit the
+    random numbers those rows get in the whole batch (a data-parallel rank's shard)."""
+    import xpdnn as xd
+
+    make = {"Dropout": lambda: xd.Dropout(0.4, dtype="float64"), "RReLU": lambda: xd.RReLU(dtype="float64"),
+            "GaussianNoise": lambda: xd.GaussianNoise(0.3, dtype="float64")}[layer]
+    X = np.random.default_rng(0).standard_normal((10, 6, 3)) - 0.2
+    whole = make().forward(X, train=True, rng=xr.Stream(5, 3))[0]
+    for r0, r1 in ((0, 4), (4, 7), (7, 10), (3, 4)):
+        rng = xr.Stream(5, 3)
+        rng.first_row = r0
+        part = make().forward(X[r0:r1], train=True, rng=rng)[0]
+        np.testing.assert_array_equal(part, whole[r0:r1])

@@ -37,8 +37,8 @@ def _fake_cuda(monkeypatch, xent_bad=lambda Z: False, dropout_bad=lambda X: Fals
         G = G.astype(np.float16) if half else G
         return (loss * (1 + 1e-3), G) if xent_bad(Z) else (loss, G)
 
-    def dropout(X, rate, seed, counter):
-        Y = X * dropout_mask(X, rate, seed, counter)
+    def dropout(X, rate, seed, counter, offset=0):
+        Y = X * dropout_mask(X, rate, seed, counter, offset)
         return Y * np.asarray(1.0000001, dtype=Y.dtype) if dropout_bad(X) else Y
 
     xent = types.SimpleNamespace(SUFFIX=real_xent.SUFFIX, WARP_VPT=real_xent.WARP_VPT, MAX_WARP_C=real_xent.MAX_WARP_C,

@@ -108,12 +108,16 @@ def _as_u32(words: np.ndarray) -> np.ndarray:
     return halves.astype(np.uint32).reshape(-1)
 
 
-def bits32(seed: int, counter: int, n: int) -> np.ndarray:
-    """The ``n`` uint32 words of call ``counter`` (element ``i`` gets word ``i``), shape (n,)."""
-    n = int(n)
+def bits32(seed: int, counter: int, n: int, *, offset: int = 0) -> np.ndarray:
+    """The ``n`` uint32 words of call ``counter`` from word ``offset`` on (element ``i`` gets
+    word ``offset + i``), shape (n,)."""
+    n, offset = int(n), int(offset)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    return _as_u32(raw_words(seed, counter, -(-n // 8)))[:n]
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    first, skip = divmod(offset, 8)
+    return _as_u32(raw_words(seed, counter, -(-(skip + n) // 8), first_block=first))[skip:skip + n]
 
 
 def threshold(rate: float) -> int:
@@ -128,25 +132,41 @@ _pool = None                   # (pid, executor): a forked child makes its own t
 
 @functools.lru_cache(maxsize=None)
 def _threads() -> int:
+    """Threads that fill a large mask: ``XPDNN_PHILOX_THREADS`` if set (1: the calling thread
+    only, e.g. in a process that forks), else up to 4 (never more than the cores)."""
+    env = os.environ.get("XPDNN_PHILOX_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"XPDNN_PHILOX_THREADS must be a positive integer, got {env!r}")
+        return int(env)
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _fill_keep(seed, counter, t, flat, first_block, last_block):
-    n = flat.shape[0]
-    for b in range(first_block, last_block, _CHUNK_BLOCKS):
-        e = min(b + _CHUNK_BLOCKS, last_block)
-        lo, hi = 8 * b, min(8 * e, n)
-        words = _as_u32(raw_words(seed, counter, e - b, first_block=b))
-        np.greater_equal(words[:hi - lo], np.uint32(t), out=flat[lo:hi])
+def _fill_keep(seed, counter, t, flat, lo, hi, offset):
+    """``flat[lo:hi]``: element ``i`` kept iff word ``offset + i`` of call ``counter`` >= ``t``."""
+    step = 8 * _CHUNK_BLOCKS
+    for a in range(lo, hi, step):
+        e = min(a + step, hi)
+        w0 = offset + a                              # first word of this chunk
+        first, skip = divmod(w0, 8)
+        words = _as_u32(raw_words(seed, counter, -(-(skip + e - a) // 8), first_block=first))
+        np.greater_equal(words[skip:skip + e - a], np.uint32(t), out=flat[a:e])
 
 
-def keep_mask(seed: int, counter: int, shape, rate: float, out: np.ndarray | None = None) -> np.ndarray:
+def keep_mask(seed: int, counter: int, shape, rate: float, out: np.ndarray | None = None, *,
+              offset: int = 0) -> np.ndarray:
     """Host boolean keep-mask of ``shape`` for drop probability ``rate``: element ``i`` (flat,
-    C order) is kept iff ``bits32(seed, counter, n)[i] >= threshold(rate)``.  ``out``, if given,
-    is a C-contiguous bool array of ``shape`` to fill."""
+    C order) is kept iff word ``offset + i`` of call ``counter`` (``bits32(seed, counter,
+    offset + n)[offset + i]``) is ``>= threshold(rate)``.  ``offset`` places the array inside a
+    larger one: rows ``r0..`` of an (N, F) batch take ``offset = r0 * F``, so a shard of a batch
+    draws exactly the words of those rows in the whole batch's mask.  ``out``, if given, is a
+    C-contiguous bool array of ``shape`` to fill."""
     global _pool
     shape = tuple(int(s) for s in shape)
     n = int(np.prod(shape)) if shape else 1
+    offset = int(offset)
+    if not 0 <= offset < 1 << 67:       # 2**64 blocks of 8 words
+        raise ValueError(f"offset must be in [0, 2**67), got {offset}")
     if out is None:
         out = np.empty(shape, dtype=bool)
     elif out.dtype != np.bool_ or tuple(out.shape) != shape or not out.flags.c_contiguous:
@@ -156,26 +176,26 @@ def keep_mask(seed: int, counter: int, shape, rate: float, out: np.ndarray | Non
         out[...] = False
         return out
     flat = out.reshape(-1)
-    n_blocks = -(-n // 8)
     workers = _threads()
     if n < _PARALLEL_MIN or workers == 1:
-        _fill_keep(seed, counter, t, flat, 0, n_blocks)
+        _fill_keep(seed, counter, t, flat, 0, n, offset)
         return out
     if _pool is None or _pool[0] != os.getpid():
         _pool = (os.getpid(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpdnn-philox"))
-    step = -(-n_blocks // workers)
-    jobs = [_pool[1].submit(_fill_keep, seed, counter, t, flat, b, min(b + step, n_blocks))
-            for b in range(0, n_blocks, step)]
+    step = 8 * -(-n // (8 * workers))             # whole blocks per worker (when offset % 8 == 0)
+    jobs = [_pool[1].submit(_fill_keep, seed, counter, t, flat, a, min(a + step, n), offset)
+            for a in range(0, n, step)]
     for job in jobs:
         job.result()
     return out
 
 
-def uniform(seed: int, counter: int, shape, dtype="float32") -> np.ndarray:
-    """Host uniform ``[0, 1)`` numbers of ``shape`` (24 random bits each)."""
+def uniform(seed: int, counter: int, shape, dtype="float32", *, offset: int = 0) -> np.ndarray:
+    """Host uniform ``[0, 1)`` numbers of ``shape`` (24 random bits each), element ``i`` from
+    word ``offset + i``."""
     shape = tuple(int(s) for s in shape)
     n = int(np.prod(shape)) if shape else 1
-    u = (bits32(seed, counter, n) >> np.uint32(8)).astype(dtype) * np.asarray(2.0**-24, dtype)
+    u = (bits32(seed, counter, n, offset=offset) >> np.uint32(8)).astype(dtype) * np.asarray(2.0**-24, dtype)
     return u.reshape(shape)
 
 
@@ -184,11 +204,23 @@ class Stream:
 
     ``take()`` returns ``(seed, counter)`` for one random call and advances the counter, so a
     run is reproduced exactly from ``(seed, counter)``, which is what checkpoints store.
+
+    ``first_row`` is the index, in the whole mini-batch, of the first row this process holds
+    (0 in one process; a data-parallel rank's shard starts further in).  Layers draw their
+    numbers at ``offset(shape)``, so the rows of a shard get exactly the numbers those rows get
+    when one process trains on the whole batch.
     """
 
     def __init__(self, seed: int = 0, counter: int = 0):
         self.seed = _check_seed(seed)
         self.counter = int(counter)
+        self.first_row = 0
+
+    def offset(self, shape, per_element: int = 1) -> int:
+        """The first word of a batch of ``shape`` (rows first) in the whole batch's numbers,
+        with ``per_element`` words per element."""
+        shape = tuple(int(s) for s in shape)
+        return self.first_row * per_element * (int(np.prod(shape[1:])) if shape else 1)
 
     def take(self) -> tuple[int, int]:
         c = self.counter

@@ -137,8 +137,9 @@ def softmax_xent_loss(Z, y, *, weight, weight_like, ignore_index, label_smoothin
     return portable(y)
 
 
-def apply_dropout(X, rate, seed, counter, *, fused, portable_mask):
-    """Inverted dropout of X with the Philox keep mask of ``(seed, counter)``: ``(Y, backprop)``.
+def apply_dropout(X, rate, seed, counter, *, fused, portable_mask, offset=0):
+    """Inverted dropout of X with the Philox keep mask of ``(seed, counter)``, element ``i``
+    addressed ``offset + i`` (:func:`xpdnn.random.keep_mask`): ``(Y, backprop)``.
     CuPy (``fused``): one CUDA kernel that regenerates the mask in backward (none stored);
     NumPy: a bool mask applied with in-place ufuncs; elsewhere ``portable_mask()``, the scaled
     mask as an array next to X."""
@@ -153,12 +154,12 @@ def apply_dropout(X, rate, seed, counter, *, fused, portable_mask):
 
         def backprop(dY):
             check(dY)
-            return kernel.dropout(dY, rate, seed, counter)
+            return kernel.dropout(dY, rate, seed, counter, offset)
 
-        return kernel.dropout(X, rate, seed, counter), backprop
+        return kernel.dropout(X, rate, seed, counter, offset), backprop
     if cpu.handles(X):
         from .. import random as xrandom
-        keep = xrandom.keep_mask(seed, counter, shape, rate)
+        keep = xrandom.keep_mask(seed, counter, shape, rate, offset=offset)
         scale = 1.0 / (1.0 - rate)
 
         def backprop(dY):

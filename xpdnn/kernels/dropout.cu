@@ -5,16 +5,18 @@
 // The mask is the one xpdnn/random.py defines, bit for bit on every backend:
 //   bits(i) = 32-bit word (i % 8) of Philox4x64-10 block ctr = (i / 8, counter, 0, 0),
 //             key = (seed, 0); word j is the low (j even) or high (j odd) half of w[j / 2];
-//   keep(i) = bits(i) >= threshold, threshold = round(rate * 2**32) in [0, 2**32].
-// i is the element's flat C-order index in a contiguous x and y.
+//   keep(i) = bits(offset + i) >= threshold, threshold = round(rate * 2**32) in [0, 2**32].
+// i is the element's flat C-order index in a contiguous x and y; offset places x inside a larger
+// array (rows r0.. of an (N, F) batch: offset = r0 * F), so a shard draws the whole batch's words.
 //
-// Thread t handles Philox block b = t (grid-stride), i.e. elements 8b .. 8b+7: one Philox call,
-// then 128-bit loads and stores (float4 / double2 / 8 halves as a uint4) when the whole block is
-// inside the array and both x + 8b and y + 8b are 16-byte aligned, element by element otherwise
-// (the tail, and views that start at an odd offset).  x and y may be the same array.
+// Thread t handles Philox block b = offset / 8 + t (grid-stride), i.e. words 8b .. 8b+7, the
+// elements 8b - offset .. 8b+7 - offset: one Philox call, then 128-bit loads and stores
+// (float4 / double2 / 8 halves as a uint4) when the whole block is inside the array and both
+// block starts in x and y are 16-byte aligned, element by element otherwise (the ends, views that
+// start at an odd address, offsets that are not a multiple of 8).  x and y may be the same array.
 //
 // Entry points (one per element type, all instantiated here so compiling the file compiles them):
-//   xpdnn_dropout_{f32,f64,f16,bf16}(const T* x, T* y, n, seed, counter, threshold, scale)
+//   xpdnn_dropout_{f32,f64,f16,bf16}(const T* x, T* y, n, seed, counter, threshold, scale, offset)
 //     scale is a float for f32/f16/bf16 (already rounded to the element type), a double for f64;
 //     16-bit products are formed exactly in float and rounded once to nearest even.
 //   xpdnn_philox_bits32(unsigned int* out, n, seed, counter): out[i] = bits(i) (tests, RReLU).
@@ -87,7 +89,7 @@ template <> struct xpdnn_dtype<xpdnn_bf16> {
 
 template <typename T>
 XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xpdnn_u64 seed, xpdnn_u64 counter,
-                                  xpdnn_u64 threshold, typename xpdnn_dtype<T>::S scale)
+                                  xpdnn_u64 threshold, typename xpdnn_dtype<T>::S scale, xpdnn_u64 offset)
 {
     typedef xpdnn_dtype<T> D;
     typedef typename D::S S;
@@ -95,9 +97,11 @@ XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xp
     unsigned int bits[8];
     xpdnn_philox_bits8(seed, counter, b, bits);
     const S zero = 0;
-    const xpdnn_u64 i0 = 8ULL * b;
+    const xpdnn_u64 w0 = 8ULL * b;               // first word of the block; element w0 - offset
+    const bool whole = w0 >= offset && w0 - offset + 8 <= n;
+    const xpdnn_u64 i0 = whole ? w0 - offset : 0;
     const bool aligned = ((((xpdnn_u64)(x + i0)) | ((xpdnn_u64)(y + i0))) & 15ULL) == 0;
-    if (i0 + 8 <= n && aligned) {
+    if (whole && aligned) {
         union {
             V v[D::NV];
             T e[8];
@@ -119,43 +123,49 @@ XPDNN_FN void xpdnn_dropout_block(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 b, xp
         for (int k = 0; k < D::NV; ++k) dst[k] = buf.v[k];
     } else {
         for (int j = 0; j < 8; ++j) {
-            const xpdnn_u64 i = i0 + j;
-            if (i < n) y[i] = D::store(xpdnn_mul(D::load(x[i]), (xpdnn_u64)bits[j] >= threshold ? scale : zero));
+            const xpdnn_u64 w = w0 + j;
+            if (w < offset || w - offset >= n) continue;
+            const xpdnn_u64 i = w - offset;
+            y[i] = D::store(xpdnn_mul(D::load(x[i]), (xpdnn_u64)bits[j] >= threshold ? scale : zero));
         }
     }
 }
 
 template <typename T>
 XPDNN_FN void xpdnn_dropout(const T* x, T* y, xpdnn_u64 n, xpdnn_u64 seed, xpdnn_u64 counter, xpdnn_u64 threshold,
-                            typename xpdnn_dtype<T>::S scale, xpdnn_u64 first, xpdnn_u64 stride)
+                            typename xpdnn_dtype<T>::S scale, xpdnn_u64 offset, xpdnn_u64 first, xpdnn_u64 stride)
 {
-    const xpdnn_u64 n_blocks = (n + 7) / 8;
-    for (xpdnn_u64 b = first; b < n_blocks; b += stride)
-        xpdnn_dropout_block<T>(x, y, n, b, seed, counter, threshold, scale);
+    const xpdnn_u64 b0 = offset / 8, n_blocks = (offset % 8 + n + 7) / 8;
+    for (xpdnn_u64 t = first; t < n_blocks; t += stride)
+        xpdnn_dropout_block<T>(x, y, n, b0 + t, seed, counter, threshold, scale, offset);
 }
 
 extern "C" __global__ void xpdnn_dropout_f32(const float* x, float* y, xpdnn_u64 n, xpdnn_u64 seed,
-                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale,
+                                             xpdnn_u64 offset)
 {
-    xpdnn_dropout<float>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+    xpdnn_dropout<float>(x, y, n, seed, counter, threshold, scale, offset, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
 }
 
 extern "C" __global__ void xpdnn_dropout_f64(const double* x, double* y, xpdnn_u64 n, xpdnn_u64 seed,
-                                             xpdnn_u64 counter, xpdnn_u64 threshold, double scale)
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, double scale,
+                                             xpdnn_u64 offset)
 {
-    xpdnn_dropout<double>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+    xpdnn_dropout<double>(x, y, n, seed, counter, threshold, scale, offset, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
 }
 
 extern "C" __global__ void xpdnn_dropout_f16(const xpdnn_f16* x, xpdnn_f16* y, xpdnn_u64 n, xpdnn_u64 seed,
-                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+                                             xpdnn_u64 counter, xpdnn_u64 threshold, float scale,
+                                             xpdnn_u64 offset)
 {
-    xpdnn_dropout<xpdnn_f16>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+    xpdnn_dropout<xpdnn_f16>(x, y, n, seed, counter, threshold, scale, offset, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
 }
 
 extern "C" __global__ void xpdnn_dropout_bf16(const xpdnn_bf16* x, xpdnn_bf16* y, xpdnn_u64 n, xpdnn_u64 seed,
-                                              xpdnn_u64 counter, xpdnn_u64 threshold, float scale)
+                                              xpdnn_u64 counter, xpdnn_u64 threshold, float scale,
+                                             xpdnn_u64 offset)
 {
-    xpdnn_dropout<xpdnn_bf16>(x, y, n, seed, counter, threshold, scale, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
+    xpdnn_dropout<xpdnn_bf16>(x, y, n, seed, counter, threshold, scale, offset, XPDNN_THREAD_FIRST, XPDNN_THREAD_STRIDE);
 }
 
 extern "C" __global__ void xpdnn_philox_bits32(unsigned int* out, xpdnn_u64 n, xpdnn_u64 seed, xpdnn_u64 counter)

@@ -1,7 +1,7 @@
 """Fused dropout for CuPy arrays (``dropout.cu``), compiled on first use and cached.
 
-``dropout(X, rate, seed, counter)`` computes ``X * keep / (1 - rate)`` in one pass with the keep
-mask of :func:`xpdnn.random.keep_mask` regenerated inside the kernel from ``(seed, counter)``, so
+``dropout(X, rate, seed, counter, offset=0)`` computes ``X * keep / (1 - rate)`` in one pass with
+the keep mask of :func:`xpdnn.random.keep_mask` regenerated inside the kernel from ``(seed, counter)``, so
 the backward pass is the same call on ``dY`` and no mask is ever stored.  Nothing is allocated
 but the output, there is no host synchronisation and no cuRAND host call, so a training step
 that uses it can be captured in a CUDA graph.
@@ -30,8 +30,8 @@ def kernel_names() -> list[str]:
     return list(KERNELS.values()) + [BITS_KERNEL]
 
 
-def _grid(n: int) -> tuple[int]:
-    n_blocks = -(-n // 8)                       # one thread per Philox block of 8 elements
+def _grid(n: int, offset: int = 0) -> tuple[int]:
+    n_blocks = -(-(offset % 8 + n) // 8)        # one thread per Philox block of 8 words
     return (max(1, min(-(-n_blocks // THREADS), 2**31 - 1)),)
 
 
@@ -64,10 +64,10 @@ def _check(rate, seed, counter):
     return rate, seed, counter
 
 
-def dropout(X, rate: float, seed: int, counter: int):
+def dropout(X, rate: float, seed: int, counter: int, offset: int = 0):
     """``Y = X * keep / (1 - rate)`` for a CuPy array ``X`` of any shape and a floating dtype
     (float16, bfloat16, float32, float64); ``keep`` is ``xpdnn.random.keep_mask(seed, counter,
-    X.shape, rate)`` bit for bit.  Returns a new C-contiguous array of X's shape and dtype on
+    X.shape, rate, offset=offset)`` bit for bit.  Returns a new C-contiguous array of X's shape and dtype on
     X's device (non-contiguous ``X`` is copied to a contiguous one first)."""
     import cupy
 
@@ -79,14 +79,18 @@ def dropout(X, rate: float, seed: int, counter: int):
     if name not in KERNELS:
         raise TypeError(f"the fused dropout kernel supports {sorted(KERNELS)}, got dtype {name}")
     rate, seed, counter = _check(rate, seed, counter)
+    offset = int(offset)
+    if not 0 <= offset < 2**64 - 2**32:
+        raise ValueError(f"offset must be in [0, 2**64 - 2**32), got {offset}")
     with cupy.cuda.Device(X.device.id):
         X = cupy.ascontiguousarray(X)
         Y = cupy.empty_like(X, order="C")
         n = int(X.size)
         if n:
             fn = get_function(read_source(SOURCE), KERNELS[name])
-            fn(_grid(n), (THREADS,), (X, Y, np.uint64(n), np.uint64(seed), np.uint64(counter),
-                                      np.uint64(xrandom.threshold(rate)), kernel_scale(name, rate)))
+            fn(_grid(n, offset), (THREADS,), (X, Y, np.uint64(n), np.uint64(seed), np.uint64(counter),
+                                              np.uint64(xrandom.threshold(rate)), kernel_scale(name, rate),
+                                              np.uint64(offset)))
     return Y
 
 

@@ -19,10 +19,11 @@ from .. import random as xrandom
 from .base import Layer
 
 
-def dropout_mask(X, rate: float, seed: int, counter: int):
+def dropout_mask(X, rate: float, seed: int, counter: int, offset: int = 0):
     """The scaled keep mask ``keep / (1 - rate)`` for ``X``, an array of X's shape, library,
-    device and dtype (``0`` where dropped, ``1 / (1 - rate)`` where kept)."""
-    keep = B.from_numpy(xrandom.keep_mask(seed, counter, tuple(X.shape), rate), like=X)
+    device and dtype (``0`` where dropped, ``1 / (1 - rate)`` where kept); element ``i`` is
+    addressed ``offset + i`` (see :meth:`xpdnn.random.Stream.offset`)."""
+    keep = B.from_numpy(xrandom.keep_mask(seed, counter, tuple(X.shape), rate, offset=offset), like=X)
     xp = B.namespace(X)
     return xp.astype(keep, X.dtype) * (1.0 / (1.0 - rate))
 
@@ -54,6 +55,8 @@ class Dropout(Layer):
             return X, lambda dY: dY
         B.check_floating(X)
         rate = self.rate
-        seed, counter = (rng or self._own).take()
-        return kernels.apply_dropout(X, rate, seed, counter, fused=self.fused,
-                               portable_mask=lambda: dropout_mask(X, rate, seed, counter))
+        stream = rng or self._own
+        seed, counter = stream.take()
+        offset = stream.offset(X.shape)          # a data-parallel shard's rows: the whole batch's masks
+        return kernels.apply_dropout(X, rate, seed, counter, fused=self.fused, offset=offset,
+                                     portable_mask=lambda: dropout_mask(X, rate, seed, counter, offset))

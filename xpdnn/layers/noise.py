@@ -11,18 +11,20 @@ from .. import random as xrandom
 from .base import Layer
 
 
-def gaussian(seed: int, counter: int, shape) -> np.ndarray:
+def gaussian(seed: int, counter: int, shape, offset: int = 0) -> np.ndarray:
     """Host float64 standard normal numbers of ``shape`` for call ``counter`` (Box-Muller).
 
-    With ``n`` elements, the call's uniforms ``u`` (``2 n`` of them, see
-    :func:`xpdnn.random.uniform`) give element ``i`` the value
-    ``sqrt(-2 log(1 - u[i])) * cos(2 pi u[n + i])``; ``1 - u`` is in (0, 1], so it is finite.
+    Element ``i`` takes the call's uniforms (see :func:`xpdnn.random.uniform`) number
+    ``2 (offset + i)`` and ``2 (offset + i) + 1``, ``u1`` and ``u2``, and is
+    ``sqrt(-2 log(1 - u1)) * cos(2 pi u2)``; ``1 - u1`` is in (0, 1], so it is finite.  Each
+    element's numbers depend on its own index only, so a shard of rows (``offset``, see
+    :meth:`xpdnn.random.Stream.offset`) draws what those rows draw in the whole batch.
     """
     shape = tuple(int(s) for s in shape)
     n = math.prod(shape)
-    u = xrandom.uniform(seed, counter, (2 * n,), dtype="float64")
-    r = np.sqrt(-2.0 * np.log1p(-u[:n]))
-    return (r * np.cos(2.0 * np.pi * u[n:])).reshape(shape)
+    u = xrandom.uniform(seed, counter, (2 * n,), dtype="float64", offset=2 * int(offset))
+    r = np.sqrt(-2.0 * np.log1p(-u[0::2]))
+    return (r * np.cos(2.0 * np.pi * u[1::2])).reshape(shape)
 
 
 class GaussianNoise(Layer):
@@ -48,6 +50,7 @@ class GaussianNoise(Layer):
     def forward(self, X, *, train=False, rng=None):
         if not train or self.std == 0.0:
             return X, lambda dY: dY
-        seed, counter = (rng or self._own).take()
-        Z = gaussian(seed, counter, tuple(X.shape)).astype(B.dtype_name(X.dtype))
+        stream = rng or self._own
+        seed, counter = stream.take()
+        Z = gaussian(seed, counter, tuple(X.shape), stream.offset(X.shape)).astype(B.dtype_name(X.dtype))
         return X + self.std * B.from_numpy(Z, like=X), lambda dY: dY

@@ -140,10 +140,10 @@ class RReLU(Layer):
     def get_config(self):
         return {"lower": self.lower, "upper": self.upper, "seed": self.seed, "dtype": self.dtype}
 
-    def slopes(self, seed: int, counter: int, shape, like):
-        """The training slopes of call ``(seed, counter)`` for an input of ``shape``, in the
-        library, device and dtype of ``like``."""
-        u = xrandom.uniform(seed, counter, shape, dtype="float64")
+    def slopes(self, seed: int, counter: int, shape, like, offset: int = 0):
+        """The training slopes of call ``(seed, counter)`` for an input of ``shape`` (element
+        ``i`` from uniform number ``offset + i``), in the library, device and dtype of ``like``."""
+        u = xrandom.uniform(seed, counter, shape, dtype="float64", offset=offset)
         a = (self.lower + (self.upper - self.lower) * u).astype(B.dtype_name(like.dtype))
         return B.from_numpy(a, like=like)
 
@@ -151,8 +151,9 @@ class RReLU(Layer):
         if not train:
             a = 0.5 * (self.lower + self.upper)
             return leaky_relu(X, a), lambda dY: leaky_relu_backward(dY, X, a)
-        seed, counter = (rng or self._own).take()
-        A = self.slopes(seed, counter, tuple(X.shape), X)
+        stream = rng or self._own
+        seed, counter = stream.take()
+        A = self.slopes(seed, counter, tuple(X.shape), X, stream.offset(X.shape))
         return leaky_relu(X, A), lambda dY: leaky_relu_backward(dY, X, A)
 
 
