@@ -28,12 +28,19 @@ and the update:
   ``v = momentum v + dY.T @ X`` in one BLAS call and ``W -= lr v``; that gradient is never
   stored, so the update is the same up to rounding and those ``layer.grads`` are left stale.
 
-Data-parallel training adds a sink whose ``finish`` all-reduces the gradients before the update.
+* :class:`AllReduceGrads` -- data-parallel training (:mod:`xpdnn.distributed`): each rank
+  backpropagates its shard's share of the GLOBAL mean loss (``dZ`` scaled by its share of the
+  loss's denominator, see :meth:`~AllReduceGrads.weigh`), and :meth:`~AllReduceGrads.finish`
+  sums the gradients and the loss over the ranks in one packed buffer, the way Horovod and
+  PyTorch's DistributedDataParallel fuse gradients into buckets; the NaN guard then reads the
+  global loss, so every rank takes the same decision.
 """
 
 from __future__ import annotations
 
 import inspect
+
+import numpy as np
 
 from . import _backend as B
 from .layers.base import ACCUMULATE, Layer
@@ -99,6 +106,61 @@ class FusedSGD(StepGrads):
             super().matmul_grad(layer, name, dY, X)
 
 
+class AllReduceGrads(StepGrads):
+    """:class:`StepGrads` for data-parallel training over ``comm``: after backprop, every
+    gradient and the step's loss are summed over the ranks in ONE packed buffer (one
+    all-reduce per step), so each rank holds the gradient of the global batch's loss."""
+
+    collective = True
+
+    def __init__(self, modules, comm):
+        super().__init__(modules)
+        self.comm = comm
+        self.buffer = None                 # reused while the gradient shapes and dtype stay
+        self.share = None                  # this rank's part of the global loss (0-d)
+        self.loss = None                   # the global loss after finish()
+
+    def weigh(self, loss_fn, loss, dZ, y, rows: int, global_rows: int):
+        """This rank's ``dZ`` for the GLOBAL loss: its mean-loss gradient times its share
+        ``den / global_den`` of the loss's denominator (rows for a plain mean, the summed class
+        weights of non-ignored labels for a weighted one, 1 for a sum; see
+        :meth:`xpdnn.losses.Loss.mean_denominator`).  A rank with no rows contributes zero."""
+        den = loss_fn.mean_denominator(y)    # called on every rank: a weighted one is all-reduced
+        if den is None:                          # a plain mean over the rows
+            scale = rows / global_rows
+        elif isinstance(den, (int, float)):      # a sum: every rank's sum counts in full
+            scale = 1.0
+        else:                                    # a weighted mean: the denominators summed over ranks
+            den = float(den)
+            total = float(self.comm.allreduce_values([den])[0])
+            scale = den / total if total > 0 else 0.0
+        if rows == 0:
+            self.share = None
+            return dZ
+        self.share = loss * scale
+        return dZ * scale
+
+    def finish(self) -> None:
+        super().finish()
+        grads = [layer.grads[name] for layer, name in self.params]
+        share = self.share
+        like = grads[0] if grads else share
+        xp = B.namespace(like)
+        dtype = like.dtype if grads else xp.float64
+        part = xp.zeros((1,), dtype=dtype, device=B.device(like)) if share is None \
+            else xp.reshape(xp.astype(share, dtype), (1,))
+        flat = [xp.reshape(g, (-1,)) for g in grads] + [part]
+        packed = xp.concat(flat) if len({g.dtype for g in flat}) == 1 else \
+            xp.concat([xp.astype(g, xp.float64) for g in flat])
+        packed = self.comm.allreduce(packed)
+        start = 0
+        for (layer, name), g in zip(self.params, grads):
+            n = int(np.prod(g.shape)) if g.shape else 1
+            layer.grads[name] = xp.astype(xp.reshape(packed[start:start + n], tuple(g.shape)), g.dtype)
+            start += n
+        self.loss = packed[start]
+
+
 def can_fuse(modules, optimizer) -> bool:
     """Whether :class:`FusedSGD` may serve these modules: the optimizer fuses, and no layer
     object appears twice (a shared layer gets two gradients, which must be summed first)."""
@@ -127,14 +189,22 @@ class Step:
         if self.extra:
             self.loss_kw["sink"] = sink
 
-    def __call__(self, X, y, rng, guard):
+    def __call__(self, X, y, rng, guard, global_rows=None):
         net, extra, sink = self.net, self.extra, self.sink
         Z, backprop = net.forward(X, train=True, rng=rng, **self.forward_kw)
         sink.begin()
-        loss, dZ = self.loss_fn(Z, y, **self.loss_kw)
-        guard(loss)
-        backprop(dZ, sink)
-        sink.finish()
+        if getattr(sink, "collective", False):       # data-parallel: this rank's share, summed in finish
+            rows = X.shape[0]
+            loss, dZ = self.loss_fn(Z, y, **self.loss_kw) if rows else (None, B.namespace(Z).zeros_like(Z))
+            backprop(sink.weigh(self.loss_fn, loss, dZ, y, rows, global_rows), sink)
+            sink.finish()
+            loss = sink.loss
+            guard(loss)                              # the global loss: every rank decides alike
+        else:
+            loss, dZ = self.loss_fn(Z, y, **self.loss_kw)
+            guard(loss)
+            backprop(dZ, sink)
+            sink.finish()
         for reg in self.regularizers:
             loss = loss + reg(net, *extra)
         if self.clip is not None:

@@ -20,7 +20,7 @@ from .losses.base import Loss
 from .random import Stream
 from .callbacks import Callback, EarlyStopping
 from .nan_guard import NaNGuard, TrainingError
-from .step import FusedSGD, Step, StepGrads, can_fuse
+from .step import AllReduceGrads, FusedSGD, Step, StepGrads, can_fuse
 
 # the callbacks and the guard live in their own modules; importing them from here still works
 __all__ = ["Trainer", "Callback", "EarlyStopping", "NaNGuard", "TrainingError"]
@@ -68,13 +68,20 @@ class Trainer:
     result is the same update up to rounding; it is used only when no regularizer, clipping or
     gradient-reading callback is present, and those weights' ``layer.grads`` are then left
     stale.  ``False`` turns it off.
+
+    ``comm`` (default: the communicator of :func:`xpdnn.distributed.init`, if it was called)
+    trains data-parallel over its ranks: every rank holds the same data and settings, trains
+    on its contiguous slice of each global batch of ``batch_size`` rows, and the gradients are
+    summed over the ranks each step, so the run follows the one-process run with the same seed
+    (the same dropout masks, the same updates to float rounding).  Metrics are all-reduced;
+    only rank 0 prints and writes checkpoints.  See :mod:`xpdnn.distributed`.
     """
 
     def __init__(self, net: Sequential, *, loss: Loss, optimizer, batch_size: int = 64, epochs: int = 10,
                  seed: int = 0, callbacks=(), progress: bool | int = True, device=None,
                  regularizers=(), clip=None, constraints=(), nan_check_every: int | None = None,
                  drop_last: bool = False, fused_step: bool | None = None,
-                 stream_to_device: bool | None = None, snapshot_every: int | None = None):
+                 stream_to_device: bool | None = None, snapshot_every: int | None = None, comm=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(epochs) < 0:
@@ -97,6 +104,8 @@ class Trainer:
         self.drop_last = bool(drop_last)
         self.fused_step = fused_step
         self.stream_to_device = stream_to_device
+        self.comm = comm
+        self._dp = None              # this fit's communicator when it has more than one rank
         self._streaming = False
         self.epoch = 0               # epochs completed so far (a resumed run starts here)
         self.global_step = 0         # optimizer steps taken so far
@@ -168,6 +177,7 @@ class Trainer:
             self.net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
         if getattr(self.net, "fresh", False):
             self.net.initialize(self.seed)
+        self._join(stream, X)
         self.stop_training, self.guard, self._step = False, None, self._make_step()
         return self._fit_epochs(stream, X, y, val)
 
@@ -206,11 +216,41 @@ class Trainer:
                              "before training on a BatchStream")
         return copy.deepcopy(pre).fit(B.as_array(X, "X"))
 
+    def _join(self, stream, X) -> None:
+        """Data-parallel: check that every rank got the same data and settings, then give every
+        rank rank 0's parameters (see :mod:`xpdnn.distributed`)."""
+        from . import distributed
+
+        comm = self.comm if self.comm is not None else distributed.current()
+        self._dp = comm if comm is not None and comm.size > 1 else None
+        if self._dp is None:
+            return
+        if isinstance(self.loss, Layer):
+            raise ValueError(f"data-parallel training does not support a loss with parameters "
+                             f"({type(self.loss).__name__}) yet")
+        N = stream.X.shape[0] if stream is not None else X.shape[0]
+        self._dp.check_same("the training run", samples=N, batch_size=self.batch_size, seed=self.seed,
+                            epochs=self.epochs, epoch=self.epoch, counter=self.rng.counter)
+        self._dp.broadcast_params(self.net)
+
+    def _rank0(self) -> bool:
+        return self._dp is None or self._dp.rank == 0
+
+    def _shard(self, rows: int) -> tuple[int, int]:
+        """This rank's contiguous rows ``[lo, hi)`` of a global batch of ``rows`` rows."""
+        if self._dp is None:
+            return 0, rows
+        r, n = self._dp.rank, self._dp.size
+        return r * rows // n, (r + 1) * rows // n
+
     def _make_step(self) -> Step:
         """This fit's step: its gradient sink is :class:`~xpdnn.step.FusedSGD` when the update
         may run inside backprop (``fused_step``), else :class:`~xpdnn.step.StepGrads`."""
         modules = (self.net, self.loss) if isinstance(self.loss, Layer) else (self.net,)
-        sink = FusedSGD(modules, self.optimizer) if self._fuses(modules) else StepGrads(modules)
+        if self._dp is not None:
+            sink = AllReduceGrads(modules, self._dp)
+        else:
+            sink = FusedSGD(modules, self.optimizer) if self._fuses(modules) else StepGrads(modules)
         return Step(self.net, self.loss, self.optimizer, sink=sink, regularizers=self.regularizers,
                     clip=self.clip, constraints=self.constraints)
 
@@ -272,7 +312,7 @@ class Trainer:
             values = self.history.setdefault(k, [])
             if len(values) < n:            # not recorded by the callback itself
                 values.extend([None] * (n - 1 - len(values)) + [logs[k]])
-        if self.progress:
+        if self.progress and self._rank0():
             print(self._format_logs(epoch, logs), flush=True)
 
     def _epoch_size(self, N):
@@ -289,19 +329,25 @@ class Trainer:
         order = np.random.default_rng([self.seed, epoch]).permutation(N)
         order = B.from_numpy(order.astype(np.int64), like=y)
         for step in range(self._epoch_size(N)[0]):
-            idx = order[step * self.batch_size:min((step + 1) * self.batch_size, N)]
+            start = step * self.batch_size
+            rows = min(start + self.batch_size, N) - start
+            lo, hi = self._shard(rows)              # data-parallel: this rank's slice of the batch
+            idx = order[start + lo:start + hi]
             batch = xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
-            yield self._place(*batch) if self._streaming else batch
+            yield (self._place(*batch) if self._streaming else batch), rows, lo
 
     def _checked(self, stream):
         for Xb, yb in stream:
             if yb is None:
                 raise ValueError("the BatchStream has no labels (y=None); training needs them")
-            yield self._place(*self._check_data(Xb, yb, what=" (streamed batch)"))
+            rows = Xb.shape[0]
+            lo, hi = self._shard(rows)
+            Xb, yb = self._check_data(Xb, yb, what=" (streamed batch)")
+            yield self._place(Xb[lo:hi, ...], yb[lo:hi, ...]), rows, lo
 
     def _run_epoch(self, batches, epoch, steps, N_used):
         meter = _EpochMeter(self, epoch, N_used, steps)
-        for step, (Xb, yb) in enumerate(batches):
+        for step, ((Xb, yb), rows, first_row) in enumerate(batches):
             if step == 0:
                 self.net.ensure_like(Xb)
                 if isinstance(self.loss, Layer):     # a loss with parameters (hierarchical softmax)
@@ -311,12 +357,14 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_batch_begin(self, step)
             check = functools.partial(self.guard.after_loss, epoch=epoch, step=step, last=step == steps - 1)
-            loss, Z = self._step(Xb, yb, self.rng, check)
+            self.rng.first_row = first_row          # random layers draw the global batch's numbers
+            loss, Z = self._step(Xb, yb, self.rng, check, global_rows=rows)
             self.global_step += 1
-            meter.update(step, loss, Z, yb)
+            meter.update(step, loss, Z, yb, rows)
             for cb in self.callbacks:
-                cb.on_batch_end(self, step, {"loss": loss, "size": Xb.shape[0]})
-        return meter.logs(self.optimizer.lr)
+                cb.on_batch_end(self, step, {"loss": loss, "size": rows})
+        self.rng.first_row = 0
+        return meter.logs(self.optimizer.lr, self._dp)
 
     def _make_guard(self, X) -> NaNGuard:
         """The NaN guard of this fit: the loss is read back every step on the CPU, every 32 steps
@@ -327,7 +375,7 @@ class Trainer:
     def _bar(self, epoch, N):
         """A progress bar for ``progress=1`` (True) when stderr is a terminal; in a log, a pipe or a
         notebook's captured output only the epoch lines are written (no carriage returns)."""
-        if self.progress != 1 or not _isatty(sys.stderr):
+        if self.progress != 1 or not _isatty(sys.stderr) or not self._rank0():
             return None
         from tqdm.auto import tqdm
         return tqdm(total=N, desc=f"epoch {epoch + 1}/{self.epochs}", unit="sample", leave=False,
@@ -345,9 +393,10 @@ class Trainer:
         place = self.device is not None and B.is_numpy(X)     # host data for a net on ``device``
         head = heads.head_of(self.loss)
         N = X.shape[0]
+        lo, hi = self._shard(N)                  # data-parallel: each rank scores its slice
         total, correct, scored = 0.0, 0, 0
-        for start in range(0, N, batch_size):
-            stop = min(start + batch_size, N)
+        for start in range(lo, hi, batch_size):
+            stop = min(start + batch_size, hi)
             Xb, yb = X[start:stop, ...], y[start:stop, ...]
             if place:
                 Xb, yb = self._place(Xb, yb)
@@ -357,6 +406,8 @@ class Trainer:
             if heads.has_accuracy(head):
                 hits, k = heads.correct(head, Z, yb)
                 correct, scored = correct + int(hits), scored + k
+        if self._dp is not None:
+            total, correct, scored = (float(v) for v in self._dp.allreduce_values([total, correct, scored]))
         out = {"loss": total / N}
         if heads.has_accuracy(head):
             out["accuracy"] = correct / scored
@@ -366,7 +417,10 @@ class Trainer:
     def save(self, path) -> None:
         """Checkpoint the net, optimizer state, Philox counter and epoch (see :func:`xpdnn.save`)."""
         from .io import save
-        save(self.net, path, trainer=self)
+        if self._rank0():
+            save(self.net, path, trainer=self)
+        if self._dp is not None:                 # the file is complete before any rank reads it
+            self._dp.barrier()
 
     def restore(self, path) -> None:
         """Load a checkpoint written by :meth:`save` into this trainer (net, optimizer, a loss's
@@ -506,8 +560,8 @@ class _EpochMeter:
         self.seen = self.scored = 0
         self.t0 = time.perf_counter()
 
-    def update(self, step, loss, Z, y):
-        n = Z.shape[0]
+    def update(self, step, loss, Z, y, rows):
+        n = rows                                 # the global batch (its loss is the global one)
         self.seen += n
         self.total = loss * n if self.total is None else self.total + loss * n
         if self.scored_acc:
@@ -522,7 +576,9 @@ class _EpochMeter:
                     post["acc"] = f"{int(self.correct) / self.scored:.3f}"
                 self.bar.set_postfix(post, refresh=False)
 
-    def logs(self, lr) -> dict:
+    def logs(self, lr, comm=None) -> dict:
+        if comm is not None and self.scored_acc:   # each rank scored its own rows
+            self.correct, self.scored = (int(v) for v in comm.allreduce_values([float(self.correct), self.scored]))
         seconds = time.perf_counter() - self.t0
         if self.bar is not None:
             self.bar.close()

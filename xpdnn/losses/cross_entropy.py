@@ -148,6 +148,22 @@ class SoftmaxCrossEntropy(Loss):
             self._weight_cache = {key: w}
         return w
 
+    def mean_denominator(self, targets):
+        """The weighted mean's denominator ``sum_i w_{y_i}`` over the non-ignored labels (a 0-d
+        array next to ``targets``) when class weights or ``ignore_index`` make it depend on the
+        labels; else as :meth:`Loss.mean_denominator`."""
+        if self.reduction != "mean" or targets.ndim != 1 or (self.weight is None and self.ignore_index is None):
+            return super().mean_denominator(targets)
+        xp = B.namespace(targets)
+        y = xp.astype(targets, xp.int64)
+        valid = xp.ones(y.shape, dtype=xp.bool, device=B.device(y)) if self.ignore_index is None \
+            else y != self.ignore_index
+        y_safe = xp.where(valid, y, xp.zeros_like(y))
+        if self.weight is None:
+            return xp.sum(xp.astype(valid, xp.float64))
+        w = xp.asarray(B.from_numpy(self.weight.astype(np.float64), like=targets))
+        return xp.sum(xp.where(valid, xp.take(w, y_safe, axis=0), xp.zeros(y.shape, dtype=w.dtype, device=B.device(y))))
+
     def __call__(self, Z, targets, *, check: bool = True):
         """``check=False`` skips the labels' range check (one host read-back), for labels already
         validated by :meth:`check_targets` (what the trainer does once per data set)."""
