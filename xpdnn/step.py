@@ -128,7 +128,7 @@ class AllReduceGrads(StepGrads):
         den = loss_fn.mean_denominator(y)    # called on every rank: a weighted one is all-reduced
         if den is None:                          # a plain mean over the rows
             scale = rows / global_rows
-        elif isinstance(den, (int, float)):      # a sum: every rank's sum counts in full
+        elif isinstance(den, int):               # a sum: every rank's sum counts in full
             scale = 1.0
         else:                                    # a weighted mean: the denominators summed over ranks
             den = float(den)

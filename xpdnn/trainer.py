@@ -225,6 +225,7 @@ class Trainer:
         self._dp = comm if comm is not None and comm.size > 1 else None
         if self._dp is None:
             return
+        distributed._adopt(self._dp)
         if isinstance(self.loss, Layer):
             raise ValueError(f"data-parallel training does not support a loss with parameters "
                              f"({type(self.loss).__name__}) yet")

@@ -101,8 +101,16 @@ def _forget(comm) -> None:
         _CURRENT = None
 
 
+def _adopt(comm) -> None:
+    """Make ``comm`` (passed to a Trainer) the current communicator if :func:`init` made none,
+    so layers that synchronize (:class:`~xpdnn.SyncBatchNorm`) use it too."""
+    global _CURRENT
+    if _CURRENT is None:
+        _CURRENT = comm
+
+
 def __getattr__(name):
     if name == "SyncBatchNorm":
-        from .sync_batchnorm import SyncBatchNorm
+        from ..layers.normalization import SyncBatchNorm
         return SyncBatchNorm
     raise AttributeError(f"module 'xpdnn.distributed' has no attribute {name!r}")

@@ -3,7 +3,7 @@ from .linear import Linear
 from .activations import Identity, ReLU, Sigmoid, Tanh, Softmax
 from .dropout import Dropout
 from .sequential import Sequential, Summary
-from .normalization import BatchNorm1d, LayerNorm
+from .normalization import BatchNorm1d, LayerNorm, SyncBatchNorm
 from .reparam import WeightNormLinear, CosineLinear
 from .dropconnect import DropConnect
 from .noise import GaussianNoise

@@ -161,3 +161,47 @@ class LayerNorm(_Affine):
             return normalize_backward(self._affine_backward(dY, Xhat, sink), Xhat, inv_std, 1)
 
         return Xhat * self.params["gamma"] + self.params["beta"], backprop
+
+
+class SyncBatchNorm(BatchNorm1d):
+    """:class:`BatchNorm1d` whose training statistics are those of the whole global batch in
+    data-parallel training, as ``torch.nn.SyncBatchNorm``: the ranks' per-feature sums (with
+    the row count), then their sums of squared deviations from the global mean, are all-reduced
+    in the forward pass, and the two sums of the backward pass (``sum(dXhat)``,
+    ``sum(dXhat * Xhat)``) in one more; so a rank's rows are normalized exactly as in the
+    one-process run.  In one process, or in evaluation, it is :class:`BatchNorm1d`.  The
+    communicator is :func:`xpdnn.distributed.current`.
+    """
+
+    def forward(self, X, *, train=False, rng=None):
+        from ..distributed import current
+
+        comm = current()
+        if not train or comm is None or comm.size == 1:
+            return super().forward(X, train=train, rng=rng)
+        _check_features(X, self.n_features, "SyncBatchNorm")
+        xp = B.namespace(X)
+        F = self.n_features
+        acc = xp.float64 if X.dtype == xp.float64 else xp.float32
+        count = xp.asarray([float(X.shape[0])], dtype=acc, device=B.device(X))
+        sums = comm.allreduce(xp.concat([xp.astype(xp.sum(X, axis=0), acc), count]))
+        N = int(round(float(sums[F])))
+        if N < 2:
+            raise ValueError(f"SyncBatchNorm needs at least 2 samples per global batch in training, got {N}")
+        mean = xp.astype(sums[:F] / N, X.dtype)[None, :]
+        Xc = X - mean
+        var = xp.astype(comm.allreduce(xp.astype(xp.sum(Xc * Xc, axis=0), acc)) / N, X.dtype)[None, :]
+        inv_std = 1.0 / xp.sqrt(var + self.eps)
+        Xhat = Xc * inv_std
+        m = self.momentum
+        self.buffers["running_mean"] = (1.0 - m) * self.buffers["running_mean"] + m * mean[0, :]
+        self.buffers["running_var"] = (1.0 - m) * self.buffers["running_var"] + m * (var[0, :] * (N / (N - 1)))
+
+        def backprop(dY, sink=ACCUMULATE):
+            dXhat = self._affine_backward(dY, Xhat, sink)
+            s = comm.allreduce(xp.concat([xp.astype(xp.sum(dXhat, axis=0), acc),
+                                          xp.astype(xp.sum(dXhat * Xhat, axis=0), acc)]))
+            s1, s2 = xp.astype(s[:F], X.dtype)[None, :], xp.astype(s[F:], X.dtype)[None, :]
+            return inv_std * (dXhat - s1 / N - Xhat * (s2 / N))
+
+        return Xhat * self.params["gamma"] + self.params["beta"], backprop

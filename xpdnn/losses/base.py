@@ -32,7 +32,7 @@ class Loss:
     def mean_denominator(self, targets):
         """What this loss's reduction divides the sum of its terms by, for ``targets``: None when
         it is proportional to the number of rows (a plain mean, the default), ``1`` for a plain
-        sum, or a 0-d array (a weighted mean).  Data-parallel training uses it to combine the
+        sum (the int), or a 0-d array (a weighted mean).  Data-parallel training uses it to combine the
         ranks' shards exactly: each rank's share of the global loss is its sum divided by the
         denominator summed over the ranks."""
         return 1 if getattr(self, "reduction", "mean") == "sum" else None

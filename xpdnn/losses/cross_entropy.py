@@ -160,9 +160,10 @@ class SoftmaxCrossEntropy(Loss):
             else y != self.ignore_index
         y_safe = xp.where(valid, y, xp.zeros_like(y))
         if self.weight is None:
-            return xp.sum(xp.astype(valid, xp.float64))
-        w = xp.asarray(B.from_numpy(self.weight.astype(np.float64), like=targets))
-        return xp.sum(xp.where(valid, xp.take(w, y_safe, axis=0), xp.zeros(y.shape, dtype=w.dtype, device=B.device(y))))
+            return xp.asarray(xp.sum(xp.astype(valid, xp.float64)))
+        w = B.from_numpy(self.weight.astype(np.float64), like=targets)
+        zeros = xp.zeros(y.shape, dtype=w.dtype, device=B.device(y))
+        return xp.asarray(xp.sum(xp.where(valid, xp.take(w, y_safe, axis=0), zeros)))
 
     def __call__(self, Z, targets, *, check: bool = True):
         """``check=False`` skips the labels' range check (one host read-back), for labels already
