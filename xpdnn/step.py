@@ -109,23 +109,67 @@ class FusedSGD(StepGrads):
 class AllReduceGrads(StepGrads):
     """:class:`StepGrads` for data-parallel training over ``comm``: after backprop, every
     gradient and the step's loss are summed over the ranks in ONE packed buffer (one
-    all-reduce per step), so each rank holds the gradient of the global batch's loss."""
+    all-reduce per step), so each rank holds the gradient of the global batch's loss.
+
+    On NumPy and CuPy the gradients live in that buffer: ``layer.grads`` are views of one flat
+    array with a last slot for the loss, backprop's weight GEMMs write straight into them, and
+    the all-reduce runs in place, so packing costs no copy.  Other libraries are packed with
+    ``concat`` and unpacked after the all-reduce."""
 
     collective = True
 
     def __init__(self, modules, comm):
         super().__init__(modules)
         self.comm = comm
-        self.buffer = None                 # reused while the gradient shapes and dtype stay
-        self.share = None                  # this rank's part of the global loss (0-d)
-        self.loss = None                   # the global loss after finish()
+        self.buffer, self.views = None, {}   # the flat buffer and the gradient views into it
+        self.share = None                    # this rank's part of the global loss (0-d)
+        self.loss = None                     # the global loss after finish()
+
+    def begin(self) -> None:
+        super().begin()
+        self.share = None
+        if any(layer.grads[name] is not self.views.get((id(layer), name)) for layer, name in self.params):
+            self._bind()
+
+    def _bind(self) -> None:
+        """Move the gradients into views of one flat buffer (NumPy or CuPy, one dtype)."""
+        grads = [layer.grads[name] for layer, name in self.params]
+        self.buffer, self.views = None, {}
+        if not grads or not all(B.is_numpy(g) or B.is_cupy(g) for g in grads) or len({g.dtype for g in grads}) > 1:
+            return
+        xp = B.namespace(grads[0])
+        sizes = [int(np.prod(g.shape)) if g.shape else 1 for g in grads]
+        self.buffer = xp.zeros((sum(sizes) + 1,), dtype=grads[0].dtype, device=B.device(grads[0]))
+        start = 0
+        for (layer, name), g, n in zip(self.params, grads, sizes):
+            view = xp.reshape(self.buffer[start:start + n], tuple(g.shape))
+            view[...] = g
+            layer.grads[name] = self.views[(id(layer), name)] = view
+            start += n
+
+    def add(self, layer, name, g) -> None:
+        view = self.views.get((id(layer), name))
+        if view is None or (id(layer), name) in self.seen:
+            return super().add(layer, name, g)
+        self.seen.add((id(layer), name))
+        view[...] = g
+
+    def matmul_grad(self, layer, name, dY, X) -> None:
+        view = self.views.get((id(layer), name))
+        if view is None or (id(layer), name) in self.seen:
+            return super().matmul_grad(layer, name, dY, X)
+        from . import kernels
+        self.seen.add((id(layer), name))
+        out = kernels.matmul_tn(dY, X, out=view)
+        if out is not view:
+            view[...] = out
 
     def weigh(self, loss_fn, loss, dZ, y, rows: int, global_rows: int):
         """This rank's ``dZ`` for the GLOBAL loss: its mean-loss gradient times its share
         ``den / global_den`` of the loss's denominator (rows for a plain mean, the summed class
         weights of non-ignored labels for a weighted one, 1 for a sum; see
         :meth:`xpdnn.losses.Loss.mean_denominator`).  A rank with no rows contributes zero."""
-        den = loss_fn.mean_denominator(y)    # called on every rank: a weighted one is all-reduced
+        den = loss_fn.mean_denominator(y)        # called on every rank: a weighted one is all-reduced
         if den is None:                          # a plain mean over the rows
             scale = rows / global_rows
         elif isinstance(den, int):               # a sum: every rank's sum counts in full
@@ -135,13 +179,22 @@ class AllReduceGrads(StepGrads):
             total = float(self.comm.allreduce_values([den])[0])
             scale = den / total if total > 0 else 0.0
         if rows == 0:
-            self.share = None
             return dZ
         self.share = loss * scale
         return dZ * scale
 
     def finish(self) -> None:
         super().finish()
+        if self.buffer is not None:
+            self.buffer[-1] = 0 if self.share is None else self.share
+            self.buffer = self.comm.allreduce(self.buffer)
+            xp = B.namespace(self.buffer)
+            self.loss = xp.asarray(self.buffer[-1], copy=True)
+            return
+        self._packed_finish()
+
+    def _packed_finish(self) -> None:
+        """Pack with ``concat``, all-reduce, unpack (libraries without writable views)."""
         grads = [layer.grads[name] for layer, name in self.params]
         share = self.share
         like = grads[0] if grads else share
