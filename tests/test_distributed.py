@@ -178,3 +178,53 @@ def test_a_failing_rank_ends_the_whole_job(engine, fault, out):
         assert "planted failure on rank 1" in log
     if fault == "hang":
         assert "rank 0 of 2" in log and ("waited 5 s" in log or "allreduce failed" in log), log
+
+
+# -- on a GPU: NCCL with one rank, CuPy arrays through the packed all-reduce --------------------
+
+def _cuda():
+    from xpdnn.devices import cuda_available
+    return cuda_available()[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(MPIEXEC is None or not _cuda(), reason="needs a CUDA device (CuPy) and mpi4py")
+def test_nccl_one_rank_and_cupy_through_the_packed_allreduce():
+    """The NCCL communicator (unique id over MPI) with one rank sums in place; a CuPy training
+    step through AllReduceGrads over it equals the plain step."""
+    import cupy
+
+    import xpdnn as xd
+    from xpdnn.distributed.comm import LocalComm
+    from xpdnn.distributed.mpi import MPIComm, NCCLComm
+    from xpdnn.random import Stream
+    from xpdnn.step import AllReduceGrads, Step, StepGrads
+
+    mpi = MPIComm(timeout=60)
+    nccl = NCCLComm(mpi)
+    buf = cupy.arange(1000, dtype=cupy.float32)
+    assert nccl.allreduce(buf) is buf
+    np.testing.assert_array_equal(buf.get(), np.arange(1000, dtype=np.float32))
+
+    class OneRankNCCL(LocalComm):
+        def allreduce(self, a):
+            return nccl.allreduce(a)
+
+    X = cupy.asarray(np.random.default_rng(0).standard_normal((64, 10)).astype(np.float32))
+    y = cupy.asarray(np.random.default_rng(1).integers(0, 3, 64))
+    weights = []
+    for collective in (False, True):
+        net = xd.Sequential(xd.Linear(10, 16), xd.Tanh(), xd.Dropout(0.2), xd.Linear(16, 3))
+        net.initialize(0)
+        net.to(like=X)
+        opt = xd.SGD(lr=0.1, momentum=0.9)
+        sink = AllReduceGrads((net,), OneRankNCCL()) if collective else StepGrads((net,))
+        step, rng = Step(net, xd.SoftmaxCrossEntropy(), opt, sink=sink), Stream(3)
+        for _ in range(3):
+            step(X, y, rng, lambda loss: None, global_rows=64)
+        if collective:
+            assert sink.buffer is not None and isinstance(sink.buffer, cupy.ndarray)
+        weights.append({k: v.get() for k, v in net.state_arrays().items()})
+    for k in weights[0]:
+        np.testing.assert_allclose(weights[1][k], weights[0][k], rtol=1e-6, atol=1e-6, err_msg=k)
+    mpi.close()
