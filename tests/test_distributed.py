@@ -120,6 +120,15 @@ def test_unequal_shards_class_weights_ignore_index_and_sync_batchnorm_are_exact(
 
 
 @needs_mpi
+def test_torch_tensors_train_data_parallel_too(out):
+    """Tensors of another Array API library take the packed (concat) path of the sink."""
+    pytest.importorskip("torch")
+    one, two = reference("torch_tensors", out), job("mpi", "torch_tensors", out)
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@needs_mpi
 def test_early_stopping_and_plateau_decide_alike_on_every_rank(out):
     one, two = reference("earlystop", out), job("mpi", "earlystop", out)
     everyone = two["everyone"]

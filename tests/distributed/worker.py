@@ -45,6 +45,13 @@ if scenario == "smooth":            # tanh + dropout, float32, many steps: weigh
     net = xd.Sequential(xd.Linear(10, 32), xd.Tanh(), xd.Dropout(0.3), xd.Linear(32, 3))
     tr, h = trained(net, xd.SoftmaxCrossEntropy(), xd.SGD(lr=0.1, momentum=0.9), X.astype(np.float32), y, epochs=4)
     save(**net.state_arrays(), **history_arrays(h), counter=np.array(tr.rng.counter))
+elif scenario == "torch_tensors":   # PyTorch tensors (the packed concat path), float64
+    import torch
+    X, y = data()
+    net = xd.Sequential(xd.Linear(10, 16, dtype="float64"), xd.Tanh(), xd.Dropout(0.3, dtype="float64"),
+                        xd.Linear(16, 3, dtype="float64"))
+    tr, h = trained(net, xd.SoftmaxCrossEntropy(), xd.Adam(lr=0.01), torch.from_numpy(X), torch.from_numpy(y))
+    save(**{k: v.numpy() for k, v in net.state_arrays().items()}, **history_arrays(h))
 elif scenario == "masks":           # the masks a rank draws in training equal the one-process masks' rows
     rows, seen = [], []
 
