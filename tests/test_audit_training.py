@@ -149,7 +149,8 @@ def test_mc_predict_and_bagging_still_read_softmax(rng):
 def _every_layer(n):
     """One instance of every registered layer type that maps (N, n) -> (N, n)."""
     make = {
-        "BatchNorm1d": lambda: xd.BatchNorm1d(n), "LayerNorm": lambda: xd.LayerNorm(n),
+        "BatchNorm1d": lambda: xd.BatchNorm1d(n), "SyncBatchNorm": lambda: xd.SyncBatchNorm(n),
+        "LayerNorm": lambda: xd.LayerNorm(n),
         "CosineLinear": lambda: xd.CosineLinear(n, n), "DropConnect": lambda: xd.DropConnect(n, n, 0.3),
         "Linear": lambda: xd.Linear(n, n), "Maxout": lambda: xd.Maxout(n, n),
         "WeightNormLinear": lambda: xd.WeightNormLinear(n, n), "PReLU": lambda: xd.PReLU(n),

@@ -237,3 +237,33 @@ def test_nccl_one_rank_and_cupy_through_the_packed_allreduce():
     for k in weights[0]:
         np.testing.assert_allclose(weights[1][k], weights[0][k], rtol=1e-6, atol=1e-6, err_msg=k)
     mpi.close()
+
+
+# -- the command line: `mpiexec -n 2 xpdnn train` and `torchrun ... -m xpdnn train` ------------
+
+def _cli(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=JOB_TIMEOUT, env=_env())
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def _epochs_and_accuracy(stdout):
+    """The epoch lines without their samples/s, and the test accuracy line."""
+    lines = [ln.rsplit("(", 1)[0].strip() for ln in stdout.splitlines() if ln.startswith("epoch ")]
+    return lines, [ln for ln in stdout.splitlines() if ln.startswith("test accuracy")]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cli_train_on_two_ranks_matches_one_process(engine):
+    """The main job on 2 ranks prints (from rank 0 only) the one-process run's epochs and accuracy."""
+    args = ["-m", "xpdnn", "train", "--epochs", "2", "--hidden", "32"]
+    one = _cli([sys.executable, *args])
+    if engine == "mpi":
+        two = _cli([MPIEXEC, "-n", "2", sys.executable, *args])
+    else:
+        two = _cli([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                    str(29600 + os.getpid() % 1000), *args])
+    lines_one, acc_one = _epochs_and_accuracy(one)
+    lines_two, acc_two = _epochs_and_accuracy(two)
+    assert len(lines_one) == 2 and acc_one
+    assert lines_two == lines_one and acc_two == acc_one       # printed once: by rank 0 only

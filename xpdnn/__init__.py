@@ -1,7 +1,7 @@
 """xpdnn: deep feed-forward networks on any Array API library (NumPy, CuPy, PyTorch, ...)."""
 
 from .layers import (Layer, Linear, Identity, ReLU, Sigmoid, Tanh, Softmax, Dropout, Sequential, Summary,
-                     BatchNorm1d, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise,
+                     BatchNorm1d, SyncBatchNorm, LayerNorm, WeightNormLinear, CosineLinear, DropConnect, GaussianNoise,
                      LeakyReLU, PReLU, RReLU, ELU, Softplus, GELU, SiLU, Maxout)
 from .perceptron import Perceptron
 from .losses import (Loss, SoftmaxCrossEntropy, BinaryCrossEntropy, MultiLabelLogistic, MSE, MeanSquaredError,
@@ -16,7 +16,7 @@ from .ensemble import Bagging, mc_predict, AnnealedDropout
 from .io import save, load, load_optimizer
 from .io import ModelFileError
 from .random import Stream
-from . import init, random, datasets, ensemble, regularizers, preprocessing, diagnostics
+from . import init, random, datasets, ensemble, regularizers, preprocessing, diagnostics, distributed
 
 __version__ = "0.1.0"
 
@@ -24,3 +24,15 @@ __version__ = "0.1.0"
 def summary(net, n_in=None):
     """Neurons and learnable parameters per layer of ``net``."""
     return net.summary(n_in)
+
+
+def plot_history(history, path=None, **kwargs):
+    """Learning curves of a training history (needs matplotlib); see :func:`xpdnn.plot.plot_history`."""
+    from .plot import plot_history as plot
+    return plot(history, path, **kwargs)
+
+
+def export_onnx(net, path, **kwargs):
+    """Write ``net`` as an ONNX model (needs onnx); see :func:`xpdnn.export.export_onnx`."""
+    from .export import export_onnx as export
+    return export(net, path, **kwargs)

@@ -92,6 +92,12 @@ imul = _update(operator.mul, operator.imul)
 idiv = _update(operator.truediv, operator.itruediv)
 
 
+def has_views(a) -> bool:
+    """Whether slices and reshapes of ``a`` are writable views of its memory that ufuncs and
+    ``out=`` write through (NumPy, CuPy): a flat buffer can then hold many arrays."""
+    return is_numpy(a) or is_cupy(a)
+
+
 def zeros_into(a):
     """``a`` filled with zeros (in place where allowed)."""
     if mutable(a):

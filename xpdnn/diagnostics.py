@@ -18,7 +18,10 @@ history under ``"<metric>/<layer path>"`` keys, the paths being those of
 The monitors that need activations take the sample X in their constructor rather than wrapping
 the layers: the network and the training loop stay untouched, the numbers come from the current
 weights, and the cost is one evaluation pass over the sample per epoch.  Warnings are
-:class:`DiagnosticsWarning` (a RuntimeWarning), issued once per layer and kind per run.
+:class:`DiagnosticsWarning` (a RuntimeWarning), issued once per layer and kind per run and
+attributed to the first caller outside xpdnn (the line that called ``fit``), so the report names
+the user's code rather than the trainer's loop; ``xpdnn train --diagnostics`` prints each one as
+a single ``xpdnn: diagnostics: ...`` line.
 
 The same measurements are available as plain functions for a network and data at hand:
 :func:`gradient_norms`, :func:`dead_fractions`, :func:`saturation_fractions`.
@@ -27,6 +30,8 @@ The same measurements are available as plain functions for a network and data at
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 
 import numpy as np
@@ -38,6 +43,22 @@ from .trainer import Callback
 
 class DiagnosticsWarning(RuntimeWarning):
     """A diagnostic found a likely training problem (dead units, vanishing gradients, ...)."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` for a ``warnings.warn`` made by this function's caller that names the
+    first frame outside the xpdnn package (what Python 3.12's ``skip_file_prefixes`` does)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level if frame is not None else 1
+
+
+def _diagnose(msg: str) -> None:
+    warnings.warn(msg, DiagnosticsWarning, stacklevel=_outside_stacklevel())
 
 
 def _record(trainer, logs: dict, values: dict) -> None:
@@ -261,7 +282,7 @@ class GradientFlowMonitor(Callback):
     def _warn(self, path, kind, msg):
         if (path, kind) not in self._warned:
             self._warned.add((path, kind))
-            warnings.warn(msg, DiagnosticsWarning, stacklevel=3)
+            _diagnose(msg)
 
 
 class _ActivationMonitor(Callback):
@@ -292,7 +313,7 @@ class _ActivationMonitor(Callback):
     def _warn(self, path, msg):
         if self.warn and path not in self._warned:
             self._warned.add(path)
-            warnings.warn(msg, DiagnosticsWarning, stacklevel=3)
+            _diagnose(msg)
 
 
 class DeadReLUMonitor(_ActivationMonitor):

@@ -135,7 +135,7 @@ class AllReduceGrads(StepGrads):
         """Move the gradients into views of one flat buffer (NumPy or CuPy, one dtype)."""
         grads = [layer.grads[name] for layer, name in self.params]
         self.buffer, self.views = None, {}
-        if not grads or not all(B.is_numpy(g) or B.is_cupy(g) for g in grads) or len({g.dtype for g in grads}) > 1:
+        if not grads or not all(B.has_views(g) for g in grads) or len({g.dtype for g in grads}) > 1:
             return
         xp = B.namespace(grads[0])
         sizes = [int(np.prod(g.shape)) if g.shape else 1 for g in grads]

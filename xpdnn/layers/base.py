@@ -271,6 +271,7 @@ STATE_RULES = {
     "Linear": _dense(), "DropConnect": _dense(), "CosineLinear": _dense(bias=None),
     "Maxout": _dense(pieces=True), "WeightNormLinear": _weight_norm,
     "BatchNorm1d": _affine(("running_mean", "running_var")), "LayerNorm": _affine(()),
+    "SyncBatchNorm": _affine(("running_mean", "running_var")),
     "PReLU": _prelu, "HierarchicalSoftmax": _hierarchical,
 }
 # built-in layers that hold no parameters or buffers
