@@ -267,3 +267,45 @@ def test_cli_train_on_two_ranks_matches_one_process(engine):
     lines_two, acc_two = _epochs_and_accuracy(two)
     assert len(lines_one) == 2 and acc_one
     assert lines_two == lines_one and acc_two == acc_one       # printed once: by rank 0 only
+
+
+# -- refusals, before any state changes (a stand-in communicator of 2 ranks, in this process) ----
+
+class _TwoRanksHere:
+    """Rank 0 of 2 whose peer always agrees (collectives return this rank's values)."""
+
+    def __new__(cls):
+        from xpdnn.distributed.comm import Communicator
+
+        class Fake(Communicator):
+            rank, size = 0, 2
+
+            def allgather_values(self, values):
+                return np.array([values, values], dtype=np.float64)
+
+        return Fake()
+
+
+@pytest.mark.parametrize("case", ["loss with parameters", "fused_step"])
+def test_data_parallel_refuses_what_it_cannot_honour(case):
+    import xpdnn as xd
+
+    X = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32)
+    y = np.arange(20) % 3
+    net = xd.Sequential(xd.Linear(4, 3))
+    if case == "fused_step":
+        tr = xd.Trainer(net, loss=xd.SoftmaxCrossEntropy(), optimizer=xd.SGD(lr=0.1), fused_step=True,
+                        comm=_TwoRanksHere(), progress=0)
+        match = "fused_step=True"
+    else:
+        net = xd.Sequential(xd.Linear(4, 6))
+        tr = xd.Trainer(net, loss=xd.HierarchicalSoftmax(6, 3), optimizer=xd.SGD(lr=0.1), comm=_TwoRanksHere(),
+                        progress=0)
+        match = "loss with parameters"
+    before = {k: v.copy() for k, v in net.state_arrays().items()}
+    with pytest.raises(ValueError, match=match):
+        tr.fit(X, y)
+    assert tr.epoch == 0 and tr.global_step == 0
+    if before:
+        for k, v in net.state_arrays().items():
+            np.testing.assert_array_equal(v, before[k])

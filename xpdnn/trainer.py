@@ -172,12 +172,18 @@ class Trainer:
             return self._fit(X, y, validation)
 
     def _fit(self, X, y, validation):
+        self._dp = self._communicator()
         stream, X, y, val = self._prepare_data(X, y, validation)
+        if self._dp is not None:
+            N = stream.X.shape[0] if stream is not None else X.shape[0]
+            self._dp.check_same("the training run", samples=N, batch_size=self.batch_size, seed=self.seed,
+                                epochs=self.epochs, epoch=self.epoch, counter=self.rng.counter)
         if hasattr(self.net, "set_head"):
             self.net.set_head(heads.head_of(self.loss))     # refuses a conflicting head before any change
         if getattr(self.net, "fresh", False):
             self.net.initialize(self.seed)
-        self._join(stream, X)
+        if self._dp is not None:
+            self._dp.broadcast_params(self.net)             # every rank starts from rank 0's weights
         self.stop_training, self.guard, self._step = False, None, self._make_step()
         return self._fit_epochs(stream, X, y, val)
 
@@ -216,23 +222,22 @@ class Trainer:
                              "before training on a BatchStream")
         return copy.deepcopy(pre).fit(B.as_array(X, "X"))
 
-    def _join(self, stream, X) -> None:
-        """Data-parallel: check that every rank got the same data and settings, then give every
-        rank rank 0's parameters (see :mod:`xpdnn.distributed`)."""
+    def _communicator(self):
+        """This fit's communicator if it has more than one rank (``comm``, else the one of
+        :func:`xpdnn.distributed.init`), after refusing what data-parallel training cannot do."""
         from . import distributed
 
         comm = self.comm if self.comm is not None else distributed.current()
-        self._dp = comm if comm is not None and comm.size > 1 else None
-        if self._dp is None:
-            return
-        distributed._adopt(self._dp)
+        if comm is None or comm.size == 1:
+            return None
         if isinstance(self.loss, Layer):
             raise ValueError(f"data-parallel training does not support a loss with parameters "
                              f"({type(self.loss).__name__}) yet")
-        N = stream.X.shape[0] if stream is not None else X.shape[0]
-        self._dp.check_same("the training run", samples=N, batch_size=self.batch_size, seed=self.seed,
-                            epochs=self.epochs, epoch=self.epoch, counter=self.rng.counter)
-        self._dp.broadcast_params(self.net)
+        if self.fused_step:
+            raise ValueError("fused_step=True cannot be honoured in data-parallel training: the gradients must be "
+                             "summed over the ranks before the update; leave it None")
+        distributed._adopt(comm)
+        return comm
 
     def _rank0(self) -> bool:
         return self._dp is None or self._dp.rank == 0
