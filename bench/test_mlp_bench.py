@@ -8,7 +8,7 @@ from xpdnn import bench
 
 from conftest import SCALE, peer_params, run_pedantic
 
-CPU_PEERS = ("xpdnn-numpy", "xpdnn-torch", "torch", "sklearn")
+CPU_PEERS = ("xpdnn-numpy", "xpdnn-numpy-nojit", "xpdnn-torch", "torch", "sklearn")
 GPU_PEERS = ("xpdnn-cupy", "xpdnn-torch-cuda", "torch-cuda")
 
 
@@ -32,7 +32,7 @@ def test_w1_epoch(benchmark, peer, dropout, w1_data):
 
 
 @pytest.mark.parametrize("batch,hidden", bench.SCALING_POINTS, ids=[f"b{b}-h{h}" for b, h in bench.SCALING_POINTS])
-@pytest.mark.parametrize("peer", peer_params(("xpdnn-numpy", "torch", "xpdnn-cupy", "torch-cuda")))
+@pytest.mark.parametrize("peer", peer_params(("xpdnn-numpy", "xpdnn-numpy-nojit", "torch", "xpdnn-cupy", "torch-cuda")))
 def test_w1_scaling(benchmark, peer, batch, hidden):
     n = bench._scaled(bench.SCALING_SAMPLES, SCALE, 2 * batch)
     X, y = bench.mnist_like(n, seed=0)

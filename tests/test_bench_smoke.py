@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -14,7 +15,7 @@ import pytest
 from conftest import BACKENDS
 from xpdnn import bench
 
-TINY = ["--scale", "0.005", "--repeat", "2", "--warmup", "0", "--quiet", "--threads", "1"]
+TINY = ["--scale", "0.005", "--repeat", "2", "--retries", "0", "--warmup", "0", "--quiet", "--threads", "1"]
 PEER_OF = {"numpy": "xpdnn-numpy", "torch": "xpdnn-torch", "array_api_strict": "xpdnn-array_api_strict",
            "cupy": "xpdnn-cupy"}
 
@@ -32,13 +33,18 @@ def test_report_structure(backend, tmp_path, capsys):
 
     report = json.loads(path.read_text())
     assert {"schema", "date", "config", "machine", "versions", "roofline", "results", "ratios", "skipped",
-            "errors"} <= set(report)
+            "errors", "rounds", "warnings", "blas_env"} <= set(report)
     assert report["errors"] == []
     assert report["config"]["threads"] == 1 and report["config"]["scale"] == 0.005
     machine = report["machine"]
     assert isinstance(machine["cpu"], str) and machine["cpu"]
     assert machine["cores"] >= 1 and machine["usable_cores"] >= 1
     assert "numpy" in report["versions"] and "xpdnn" in report["versions"]
+    assert isinstance(machine["env"], dict) and machine["jit"].startswith(("on", "off"))
+    for key, rounds in report["rounds"].items():              # every interleaved run's load, per round
+        assert len(rounds["rounds"]) == 2 and set(rounds["used"]) <= {0, 1}
+        for load in rounds["rounds"]:
+            assert load["wall_s"] > 0 and load["cpu_s"] >= 0 and isinstance(load["noisy"], bool)
 
     roof = [r for r in report["roofline"] if r["batch"] == 128 and r["sizes"] == [784, 512, 512, 10]]
     assert len(roof) == 1
@@ -54,7 +60,8 @@ def test_report_structure(backend, tmp_path, capsys):
     assert {w for w, _ in got} == {"W1", "W2", "W3"}
     for r in report["results"]:
         assert r["peer"] == peer
-        assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
+        assert r["interleaved"] and len(r["all_times_s"]) == 2 and all(t > 0 for t in r["all_times_s"])
+        assert r["times_s"] == [r["all_times_s"][i] for i in r["rounds_used"]]
         assert r["min_s"] == min(r["times_s"]) and r["min_s"] <= r["median_s"]
         assert r["rate_median"] == pytest.approx(r["work"] / r["median_s"])
         assert r["rate_best"] >= r["rate_median"]
@@ -68,9 +75,11 @@ def test_report_structure(backend, tmp_path, capsys):
             if r["device"] != "cpu":      # the GEMM-only pseudo-peer runs on the CPU, beside CPU peers
                 assert "gemm_epoch_times_s" not in r and "roofline_fraction_paired" not in r
                 continue
-            assert len(r["gemm_epoch_times_s"]) == 2
+            assert len(r["gemm_epoch_times_s"]) == len(r["times_s"])
             fractions = [g / t for g, t in zip(r["gemm_epoch_times_s"], r["times_s"])]
-            assert r["roofline_fraction_paired"] == pytest.approx(sorted(fractions)[0] / 2 + sorted(fractions)[1] / 2)
+            assert r["roofline_fraction_per_round"] == pytest.approx(fractions)
+            assert r["roofline_fraction_paired"] == pytest.approx(float(np.median(fractions)))
+            assert r["roofline_fraction_paired_range"] == pytest.approx([min(fractions), max(fractions)])
             assert 0 < r["roofline_fraction_paired"] < 2
     w2 = next(r for r in report["results"] if r["workload"] == "W2")
     assert w2["work"] == w2["params"]["N"] * 32768
@@ -85,7 +94,9 @@ def test_ratios_against_torch():
     assert report["errors"] == []
     recs = {r["peer"]: r for r in report["results"]}
     key = next(k for k in report["ratios"] if k.startswith("W3") and "xpdnn-numpy / torch speed" in k)
-    assert report["ratios"][key] == pytest.approx(recs["xpdnn-numpy"]["rate_median"] / recs["torch"]["rate_median"])
+    per_round = [b / a for a, b in zip(recs["xpdnn-numpy"]["times_s"], recs["torch"]["times_s"])]
+    assert report["ratios"][key]["median"] == pytest.approx(float(np.median(per_round)))
+    assert report["ratios"][key]["min"] == pytest.approx(min(per_round))
     assert "vs torch" in bench.format_report(report)
 
 
@@ -99,8 +110,9 @@ def test_interleaved_rounds_pair_the_peers():
     recs = {(r["variant"], r["peer"]): r for r in report["results"]}
     a, b = recs[("no-dropout", "xpdnn-numpy")], recs[("no-dropout", "torch")]
     per_round = sorted(tb / ta for ta, tb in zip(a["times_s"], b["times_s"]))
-    key = "W1 no-dropout: xpdnn-numpy / torch speed, median of per-round ratios"
-    assert report["ratios"][key] == pytest.approx(per_round[1])
+    key = "W1 no-dropout: xpdnn-numpy / torch speed"
+    assert report["ratios"][key]["median"] == pytest.approx(float(np.median(per_round)))
+    assert report["ratios"][key]["max"] == pytest.approx(per_round[-1])
 
 
 @pytest.mark.slow
@@ -211,3 +223,86 @@ def test_gpu_bandwidth_and_step_memory():
     peer = bench.PEERS["xpdnn-cupy"]
     assert bench.gpu_step_memory(peer, lambda: X * 2) >= 4 * n                # the output counts
     assert bench.gpu_step_memory(peer, lambda: (X * 2 + 1) * 3) >= 4 * n
+
+
+def _fake_run(repeat=3):
+    r = bench.Run(bench.Config(repeat=repeat, threads=1), quiet=True)
+    return r
+
+
+def test_a_peer_faster_than_the_roofline_marks_its_round_noisy():
+    """The paired roofline is the round's fastest GEMM library; beating it can only be noise, so
+    that round is marked and left out while enough quiet rounds remain."""
+    r = _fake_run()
+    quiet = {"wall_s": 1.0, "cpu_s": 1.0, "others_cores": 0.0, "noisy": False}
+    results = {
+        "xpdnn-numpy": {"times_s": [2.0, 2.0, 0.5, 2.0], "first_epoch_loss": 1.0},
+        "torch": {"times_s": [2.5, 2.4, 2.6, 2.5], "first_epoch_loss": 1.0},
+        "gemm-numpy": {"times_s": [1.8, 1.8, 1.8, 1.9]},
+        "gemm-torch": {"times_s": [1.6, 1.7, 1.9, 1.5]},
+        "_rounds": [dict(quiet) for _ in range(4)],
+    }
+    used = r.interleaved("W1 test", results)
+    assert used == [0, 1, 3]
+    assert r.rounds["W1 test"]["rounds"][2]["noisy"]
+    assert "faster than the GEMM roofline: xpdnn-numpy" in r.rounds["W1 test"]["rounds"][2]["why"][0]
+    assert any("1 of 4 rounds noisy" in w for w in r.warnings)
+    rec = r.record("W1", "test", bench.PEERS["xpdnn-numpy"], results, used, 100, "samples/s", {})
+    assert rec["gemm_epoch_times_s"] == [1.6, 1.7, 1.5]         # per round, the faster library
+    assert rec["roofline_fraction_per_round"] == pytest.approx([0.8, 0.85, 0.75])
+    assert rec["roofline_fraction_paired"] == pytest.approx(0.8)
+    assert max(rec["roofline_fraction_per_round"]) <= 1.0
+    ref = r.record("W1", "test", bench.PEERS["torch"], results, used, 100, "samples/s", {})
+    st = bench.paired_ratio_stats(rec, ref)
+    assert st == pytest.approx({"median": 1.25, "min": 1.2, "max": 1.25, "n": 3})
+
+
+def test_loaded_rounds_are_all_used_with_a_warning():
+    r = _fake_run()
+    busy = {"wall_s": 1.0, "cpu_s": 1.0, "others_cores": 1.5, "noisy": True}
+    results = {"xpdnn-numpy": {"times_s": [2.0, 2.1, 2.2]}, "_rounds": [dict(busy) for _ in range(3)]}
+    assert r.interleaved("W3 x", results) == [0, 1, 2]
+    assert "too few quiet rounds" in r.warnings[0] and "1.50 cores" in r.warnings[0]
+
+
+def test_load_probe_sees_this_process_and_the_others():
+    probe = bench.LoadProbe()
+    x = 0
+    for i in range(2_000_00):
+        x += i * i
+    load = probe.stop()
+    assert load["wall_s"] > 0 and 0 < load["cpu_over_wall"] <= bench.usable_cores() + 0.5
+    if load["others_cores"] is not None:        # Linux: from /proc/stat
+        assert load["others_cores"] >= 0
+        assert bench.noisy({"others_cores": 0.3}) and not bench.noisy({"others_cores": 0.3}, spare=1)
+    assert not bench.noisy({"others_cores": None})
+
+
+def test_skipped_peers_collapse_to_one_line_per_reason():
+    skipped = [{"workload": w, "peer": p, "reason": "cupy is not installed"} for w in ("W1", "W2", "W3", "S")
+               for p in ("xpdnn-cupy",)]
+    skipped += [{"workload": w, "peer": p, "reason": "PyTorch sees no CUDA device"}
+                for w in ("W1", "W2") for p in ("xpdnn-torch-cuda", "torch-cuda")]
+    lines = bench.skipped_lines(skipped)
+    assert lines == ["skipped xpdnn-cupy (W1, W2, W3, S): cupy is not installed",
+                     "skipped xpdnn-torch-cuda, torch-cuda (W1, W2): PyTorch sees no CUDA device"]
+
+
+def test_nojit_peer_sets_its_switch_only_while_it_runs(monkeypatch):
+    monkeypatch.delenv("XPDNN_NO_JIT", raising=False)
+    peer = bench.PEERS["xpdnn-numpy-nojit"]
+    with bench.peer_env(peer):
+        assert os.environ["XPDNN_NO_JIT"] == "1"
+    assert "XPDNN_NO_JIT" not in os.environ
+    monkeypatch.setenv("XPDNN_NO_JIT", "0")
+    with bench.peer_env(peer):
+        pass
+    assert os.environ["XPDNN_NO_JIT"] == "0"
+
+
+@pytest.mark.slow
+def test_forced_openblas_setting_is_measured_and_warned():
+    out = bench.blas_env_cost(1, {"OPENBLAS_L2_SIZE": "262144"}, pairs=1)
+    assert len(out["as_set_s"]) == len(out["unset_s"]) == 1
+    assert out["slowdown"]["median"] == pytest.approx(out["as_set_s"][0] / out["unset_s"][0])
+    assert out["warning"].startswith("OPENBLAS_L2_SIZE=262144 is set: NumPy's GEMMs of a W1 step")

@@ -142,3 +142,47 @@ def test_hierarchical_softmax_rejects_out_of_range_labels(backend, bad):
     hs = xd.HierarchicalSoftmax(3, 5, dtype="float64")
     with pytest.raises(ValueError, match="label"):
         hs(backend.asarray(np.zeros((2, 3))), backend.asarray(np.array([0, bad])))
+
+
+def test_without_numba_the_numpy_paths_run(monkeypatch):
+    """Where numba is missing (or fails to import) the kernels say so and the NumPy paths run:
+    dropout through the bool mask, the loss through the one-pass NumPy code, ReLU in place."""
+    from xpdnn import kernels
+    from xpdnn import random as xr
+
+    monkeypatch.delenv("XPDNN_NO_JIT", raising=False)
+    monkeypatch.setattr(kernels, "_jit_module", "ModuleNotFoundError: No module named 'numba'")
+    assert kernels._jit() is None
+    assert kernels.jit_status().startswith("off (numba is not installed")
+    monkeypatch.setattr(kernels, "_jit_module", "ImportError: numba needs NumPy <= 2.3")
+    assert kernels.jit_status() == "off (numba did not import: ImportError: numba needs NumPy <= 2.3)"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((9, 7)).astype(np.float32)
+    Y, bp = kernels.apply_dropout(X, 0.3, 4, 2, fused=True, portable_mask=None, offset=5)
+    keep = xr.keep_mask(4, 2, X.shape, 0.3, offset=5)
+    np.testing.assert_array_equal(Y, cpu.apply_mask(X, keep, 1 / 0.7))
+    np.testing.assert_array_equal(bp(X), Y)
+    Z, y = rng.standard_normal((16, 5)).astype(np.float32), rng.integers(0, 5, 16)
+    lf, gf = xd.SoftmaxCrossEntropy()(Z, y)
+    lc, gc = cpu.softmax_xent(Z, y)
+    np.testing.assert_array_equal(gf, gc)
+    assert float(lf) == float(lc)
+    R = X.copy()
+    assert kernels.relu_(R) is R
+    np.testing.assert_array_equal(R, np.maximum(X, 0))
+
+
+def test_no_jit_switch_reaches_every_dispatch_point(monkeypatch):
+    """``XPDNN_NO_JIT=1`` keeps the compiled kernels out without importing them."""
+    from xpdnn import kernels
+
+    monkeypatch.setenv("XPDNN_NO_JIT", "1")
+    monkeypatch.setattr(kernels, "_jit_module", None)
+    assert kernels._jit() is None and kernels._jit_module is None      # not even imported
+    assert kernels.jit_status() == "off (XPDNN_NO_JIT=1)"
+    X = np.arange(12, dtype=np.float32).reshape(3, 4) - 5
+    b = np.ones(4, np.float32)
+    np.testing.assert_array_equal(kernels.bias_act_(X.copy(), b, relu=True), np.maximum(X + b, 0))
+    dX, db = kernels.relu_backward_bias(np.ones_like(X), np.maximum(X, 0), bias=True, inplace=False)
+    np.testing.assert_array_equal(dX, (X > 0).astype(np.float32))
+    np.testing.assert_array_equal(db, (X > 0).sum(axis=0).astype(np.float32))

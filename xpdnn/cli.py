@@ -563,6 +563,24 @@ def _preprocessing(name, k=None):
     return table[name]()
 
 
+def _distributed_engines() -> str:
+    """Which data-parallel engines are importable (without starting MPI or a process group)."""
+    import importlib.util
+
+    found = []
+    if importlib.util.find_spec("mpi4py") is not None:
+        import mpi4py
+        found.append(f"mpi (mpi4py {mpi4py.__version__})")
+    try:
+        import torch.distributed as dist
+        if dist.is_available():
+            kinds = [k for k, ok in (("gloo", dist.is_gloo_available()), ("nccl", dist.is_nccl_available())) if ok]
+            found.append(f"torch ({', '.join(kinds) or 'no backend'})")
+    except ImportError:
+        pass
+    return ", ".join(found) or "none (pip install \"xpdnn[mpi]\" for MPI)"
+
+
 def cmd_info(args) -> int:
     if getattr(args, "model", None) is not None:
         print(describe_model(args.model))
@@ -584,6 +602,9 @@ def cmd_info(args) -> int:
     else:
         fast = "off (this NumPy does not bundle scipy-openblas; plain NumPy is used)"
     print(f"numpy {np.__version__}  (BLAS: {_blas_name(np)}; fused SGD step / BLAS fast path: {fast})")
+    from xpdnn import kernels
+    print(f"compiled NumPy kernels (numba, the fast extra): {kernels.jit_status()}")
+    print(f"data-parallel engines: {_distributed_engines()}")
     ok, why = devices.cuda_available()
     try:
         import cupy

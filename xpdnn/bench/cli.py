@@ -27,6 +27,8 @@ def parser() -> argparse.ArgumentParser:
                                                   f"also xpdnn-array_api_strict)")
     p.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 5, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs (default 1)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="extra interleaved rounds while fewer than --repeat rounds were quiet (default 2)")
     p.add_argument("--threads", type=int, default=0, help="threads for BLAS/OpenMP/torch (default: all usable cores)")
     p.add_argument("--no-gpu", action="store_true", help="skip CUDA peers even when a GPU is present")
     p.add_argument("--no-memory", action="store_true", help="skip the W1 peak-RSS subprocesses")
@@ -69,11 +71,12 @@ def config_from_args(args) -> Config:
     repeat = args.repeat if args.repeat is not None else (3 if args.quick else 5)
     if not scale > 0:
         raise ValueError(f"--scale must be positive, got {scale}")
-    if repeat < 1 or args.warmup < 0 or args.threads < 0:
-        raise ValueError("--repeat must be >= 1, --warmup and --threads >= 0")
+    if repeat < 1 or args.warmup < 0 or args.threads < 0 or args.retries < 0:
+        raise ValueError("--repeat must be >= 1, --warmup, --retries and --threads >= 0")
     return Config(scale=scale, repeat=repeat, warmup=args.warmup, threads=args.threads,
                   only=_parse_only(args.only), peers=_parse_peers(args.peers), gpu=not args.no_gpu,
-                  memory=not args.no_memory, profile=args.profile, seed=args.seed, quick=args.quick)
+                  memory=not args.no_memory, profile=args.profile, seed=args.seed, quick=args.quick,
+                  retries=args.retries)
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,14 @@
-"""What the report records about the machine (CPU, cores, memory, BLAS pools, GPUs, load) and
-the library versions, and :func:`set_threads`, which gives every thread pool the same count."""
+"""What the report records about the machine (CPU, cores, memory, BLAS pools, GPUs, load,
+the environment variables that steer the libraries) and the library versions;
+:func:`set_threads`, which gives every thread pool the same count; and :class:`LoadProbe`, which
+measures how busy the machine was while a round ran."""
 
 from __future__ import annotations
 
 import os
 import platform
 import sys
+import time
 
 
 def _cpu_model() -> str:
@@ -61,12 +64,31 @@ def _mem_total_gb():
         return None
 
 
+ENV_PREFIXES = ("OPENBLAS_", "OMP_", "MKL_", "GOTO", "XPDNN_", "NUMBA_")
+BLAS_FORCING = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+"""Variables that override what OpenBLAS detects about the CPU: its kernels and its blocking."""
+
+
+def library_env(environ=None) -> dict:
+    """The environment variables that steer BLAS, OpenMP, numba and xpdnn, as set."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in sorted(environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def jit_status() -> str:
+    """xpdnn's compiled-kernel line (:func:`xpdnn.kernels.jit_status`)."""
+    from .. import kernels
+
+    return kernels.jit_status()
+
+
 def machine_info() -> dict:
     """CPU model, cores, memory, BLAS libraries and their threads (threadpoolctl), GPUs, load."""
     info = {
         "cpu": _cpu_model(), "arch": platform.machine(), "cores": os.cpu_count(),
         "usable_cores": usable_cores(), "memory_gb": _mem_total_gb(),
         "os": platform.platform(), "hostname": platform.node(), "gpus": _gpu_names(),
+        "jit": jit_status(),
     }
     try:
         info["loadavg"] = [round(x, 2) for x in os.getloadavg()]
@@ -88,8 +110,8 @@ def versions() -> dict:
 
     out = {"python": platform.python_version()}
     for name in ("xpdnn", "numpy", "array_api_compat", "array_api_strict", "torch", "sklearn", "cupy",
-                 "threadpoolctl"):
-        if name in ("torch", "cupy", "sklearn", "array_api_strict") and name not in sys.modules:
+                 "threadpoolctl", "numba"):
+        if name in ("torch", "cupy", "sklearn", "array_api_strict", "numba") and name not in sys.modules:
             # only report what this run actually imported (importing CuPy can be slow)
             continue
         try:
@@ -119,3 +141,54 @@ def set_threads(n: int) -> dict:
         sys.modules["torch"].set_num_threads(n)
         done["torch"] = n
     return done
+
+
+def _cpu_busy():
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat (None elsewhere).
+    Busy is user + nice + system + irq + softirq over all CPUs; steal is time the hypervisor gave
+    this VM's CPUs to others."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+NOISY_OTHERS = 0.25
+"""A round during which other processes (and the hypervisor's steal) kept this many cores busy
+on average, or more, is marked noisy."""
+
+
+class LoadProbe:
+    """How busy the machine was between construction and :meth:`stop`: this process's CPU time
+    against wall time (all its threads), and the cores that *other* processes and steal kept
+    busy (the machine's busy time from /proc/stat less this process's), with the 1-minute load
+    average at the end.  ``others_cores`` is None where /proc/stat is missing."""
+
+    def __init__(self):
+        self.t0, self.p0, self.s0 = time.perf_counter(), time.process_time(), _cpu_busy()
+
+    def stop(self) -> dict:
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        cpu = time.process_time() - self.p0
+        out = {"wall_s": wall, "cpu_s": cpu, "cpu_over_wall": cpu / wall, "others_cores": None}
+        s1 = _cpu_busy()
+        if self.s0 is not None and s1 is not None:
+            busy, steal = s1[0] - self.s0[0], s1[1] - self.s0[1]
+            out["others_cores"] = max(0.0, busy - cpu) / wall + max(0.0, steal) / wall
+        try:
+            out["loadavg1"] = round(os.getloadavg()[0], 2)
+        except OSError:
+            pass
+        return out
+
+
+def noisy(load: dict, spare: float = 0.0) -> bool:
+    """Whether a :class:`LoadProbe` reading says the round shared the machine: other processes
+    kept more than ``spare`` cores (those the run leaves idle: usable cores - its threads) plus
+    :data:`NOISY_OTHERS` busy."""
+    others = load.get("others_cores")
+    return others is not None and others >= spare + NOISY_OTHERS

@@ -4,7 +4,9 @@ loop) and the W2 / W3 single-operation steps."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -16,16 +18,19 @@ from .workloads import LR, MOMENTUM
 @dataclass(frozen=True)
 class Peer:
     """One contender: ``kind`` is 'xpdnn', 'torch' or 'sklearn'; ``lib`` the array library its
-    data lives in; ``device`` 'cpu' or 'cuda'."""
+    data lives in; ``device`` 'cpu' or 'cuda'; ``env`` environment variables set while it runs
+    (``xpdnn-numpy-nojit``: ``XPDNN_NO_JIT=1``, xpdnn-numpy without its compiled kernels)."""
 
     name: str
     kind: str
     lib: str
     device: str
+    env: tuple = ()
 
 
 PEERS = {p.name: p for p in (
     Peer("xpdnn-numpy", "xpdnn", "numpy", "cpu"),
+    Peer("xpdnn-numpy-nojit", "xpdnn", "numpy", "cpu", (("XPDNN_NO_JIT", "1"),)),
     Peer("xpdnn-torch", "xpdnn", "torch", "cpu"),
     Peer("torch", "torch", "torch", "cpu"),
     Peer("sklearn", "sklearn", "numpy", "cpu"),
@@ -35,6 +40,22 @@ PEERS = {p.name: p for p in (
     Peer("xpdnn-torch-cuda", "xpdnn", "torch", "cuda"),
     Peer("torch-cuda", "torch", "torch", "cuda"),
 )}
+
+
+@contextlib.contextmanager
+def peer_env(peer: Peer):
+    """Set the peer's environment variables for the duration (xpdnn reads ``XPDNN_NO_JIT`` on
+    every call), then restore them."""
+    old = {k: os.environ.get(k) for k, _ in peer.env}
+    os.environ.update(dict(peer.env))
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def put(host: np.ndarray, peer: Peer):
@@ -80,6 +101,11 @@ def peer_available(peer: Peer) -> tuple[bool, str]:
             importlib.import_module(mod)
         except ImportError:
             return False, f"{mod} is not installed"
+    if ("XPDNN_NO_JIT", "1") in peer.env:
+        from .. import kernels
+
+        if kernels._jit() is None:
+            return False, f"xpdnn-numpy already runs without compiled kernels ({kernels.jit_status()})"
     if peer.device == "cuda":
         if peer.lib == "cupy":
             from ..devices import cuda_available
@@ -131,7 +157,8 @@ class XpdnnMLP:
 
         trainer = xd.Trainer(self.net, loss=self.loss, optimizer=self.opt, batch_size=self.batch, epochs=1,
                              seed=self.seed, progress=False)
-        return trainer.fit(X, y)["loss"][0]
+        with peer_env(self.peer):
+            return trainer.fit(X, y)["loss"][0]
 
 
 class TorchMLP:
@@ -300,7 +327,8 @@ def softmax_ce_step(peer: Peer, Z, y):
         loss_fn = xd.SoftmaxCrossEntropy()
 
         def step():
-            return loss_fn(Z, y)
+            with peer_env(peer):
+                return loss_fn(Z, y)
         return step
     import torch
     import torch.nn.functional as F
@@ -322,8 +350,9 @@ def dropout_step(peer: Peer, X, dY, rate: float = 0.2, seed: int = 0):
         layer, stream = Dropout(rate), Stream(seed)
 
         def step():
-            Y, backprop = layer.forward(X, train=True, rng=stream)
-            return Y, backprop(dY)
+            with peer_env(peer):
+                Y, backprop = layer.forward(X, train=True, rng=stream)
+                return Y, backprop(dY)
         return step
     import torch
     import torch.nn.functional as F

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import sys
 
-from .timing import paired_ratio
+from .timing import paired_ratio_stats
 from .workloads import WORKLOADS
 
 
+def _speed(rec, ref):
+    """Speed of ``rec`` relative to ``ref``: the per-round ratios' median, min and max when both
+    ran in the same interleaved rounds, else None (a ratio of medians can point the other way
+    from the paired figures, so none is given)."""
+    return paired_ratio_stats(rec, ref)
+
+
 def ratios(results) -> dict:
-    """Headline ratios: each xpdnn peer's speed (median rate) and W1 peak RSS relative to PyTorch
-    on the same device, W1's fraction of the GEMM roofline, and xpdnn-numpy's speed relative to
-    the bare ``numpy-loop`` doing the same work."""
+    """Headline ratios: each xpdnn peer's speed and W1 peak RSS relative to PyTorch on the same
+    device, xpdnn-numpy's relative to the bare ``numpy-loop`` and to itself without compiled
+    kernels, and the fractions of the GEMM roofline.  Speeds are medians of per-round ratios
+    (rounds interleaved), given as ``{"median", "min", "max", "n"}``."""
     out = {}
     by = {(r["workload"], r["variant"], r["peer"]): r for r in results}
     for (w, v, p), rec in sorted(by.items()):
@@ -20,20 +28,20 @@ def ratios(results) -> dict:
             continue
         ref = by.get((w, v, "torch-cuda" if rec["device"] == "cuda" else "torch"))
         if ref is not None:
-            out[f"{w} {v}: {p} / {ref['peer']} speed"] = rec["rate_median"] / ref["rate_median"]
-            paired = paired_ratio(rec, ref)
+            paired = _speed(rec, ref)
             if paired is not None:
-                out[f"{w} {v}: {p} / {ref['peer']} speed, median of per-round ratios"] = paired
+                out[f"{w} {v}: {p} / {ref['peer']} speed"] = paired
             if "peak_rss_mb" in rec and "peak_rss_mb" in ref:
                 out[f"{w} {v}: {p} / {ref['peer']} peak RSS"] = rec["peak_rss_mb"] / ref["peak_rss_mb"]
-        loop = by.get((w, v, "numpy-loop")) if p == "xpdnn-numpy" else None
-        if loop is not None:     # what the framework costs over the bare loop doing the same work
-            out[f"{w} {v}: {p} / numpy-loop speed"] = rec["rate_median"] / loop["rate_median"]
-            paired = paired_ratio(rec, loop)
+        for other in (("numpy-loop", "xpdnn-numpy-nojit") if p == "xpdnn-numpy" else ()):
+            base = by.get((w, v, other))     # the framework's cost over the bare loop; the compiled kernels' gain
+            paired = _speed(rec, base) if base is not None else None
             if paired is not None:
-                out[f"{w} {v}: {p} / numpy-loop speed, median of per-round ratios"] = paired
-        if w in ("W1", "W4") and "roofline_fraction" in rec:
-            out[f"{w} {v}: {p} fraction of GEMM roofline"] = rec["roofline_fraction"]
+                out[f"{w} {v}: {p} / {other} speed"] = paired
+            if base is not None and "peak_rss_mb" in rec and "peak_rss_mb" in base:
+                out[f"{w} {v}: {p} / {other} peak RSS"] = rec["peak_rss_mb"] / base["peak_rss_mb"]
+        if w in ("W1", "W4") and "roofline_fraction" in rec and rec.get("roofline_fraction_paired") is None:
+            out[f"{w} {v}: {p} fraction of GEMM roofline (measured apart)"] = rec["roofline_fraction"]
         for key, what in (("bandwidth_fraction_peak", "fraction of the data-sheet memory bandwidth"),
                           ("bandwidth_fraction_copy", "fraction of the measured copy bandwidth")):
             if key in rec:
@@ -44,9 +52,43 @@ def ratios(results) -> dict:
                 out[f"{w} {v}: {p} / {ref['peer']} peak extra device memory"] = \
                     rec["extra_memory_bytes"] / ref["extra_memory_bytes"]
         if rec.get("roofline_fraction_paired") is not None:
-            out[f"{w} {v}: {p} fraction of GEMM roofline, median of per-round fractions"] = \
-                rec["roofline_fraction_paired"]
+            lo, hi = rec["roofline_fraction_paired_range"]
+            out[f"{w} {v}: {p} fraction of GEMM roofline"] = {
+                "median": rec["roofline_fraction_paired"], "min": lo, "max": hi,
+                "n": len(rec["roofline_fraction_per_round"])}
     return out
+
+
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return f"{v['median']:.3f} ({v['min']:.3f}-{v['max']:.3f}, {v['n']} rounds)"
+    return f"{v:.3f}"
+
+
+def _vs(r, ref) -> str:
+    """The "vs torch" cell: the median of per-round speed ratios and their range."""
+    if ref is None:
+        return ""
+    st = _speed(r, ref)
+    return "" if st is None else f"{st['median']:.2f} ({st['min']:.2f}-{st['max']:.2f})"
+
+
+def _rounds_cell(r) -> str:
+    if "all_times_s" not in r:
+        return ""
+    return f"{len(r['times_s'])}/{len(r['all_times_s'])}"
+
+
+def skipped_lines(skipped) -> list:
+    """One line per reason: every peer and workload it kept out ("skipped: cupy" once, not once
+    per workload)."""
+    groups: dict = {}
+    for s in skipped:
+        g = groups.setdefault(s["reason"], ([], []))
+        for item, seen in ((s["peer"], g[0]), (s["workload"], g[1])):
+            if item not in seen:
+                seen.append(item)
+    return [f"skipped {', '.join(peers)} ({', '.join(works)}): {reason}" for reason, (peers, works) in groups.items()]
 
 
 def _si(x: float) -> str:
@@ -73,11 +115,14 @@ def format_report(report: dict) -> str:
                          f"{d['num_threads']} threads)".replace(" ,", ",").replace("(, ", "(")
                          for d in blas)
     vers = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    env = ", ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items()) or "none set"
     lines = [f"xpdnn bench  {report['date']}  scale {c['scale']}  repeat {c['repeat']}  warmup {c['warmup']}  "
              f"threads {c['threads']}",
              f"machine: {m['cpu']} ({m['usable_cores']}/{m['cores']} cores, {m.get('memory_gb')} GB), GPU: {gpus}, "
              f"load {m.get('loadavg')} -> {m.get('loadavg_end')}",
-             f"BLAS/OpenMP: {blas}", f"versions: {vers}", ""]
+             f"BLAS/OpenMP: {blas}", f"environment: {env}", f"compiled kernels: {m.get('jit', '?')}",
+             f"versions: {vers}", ""]
+    lines += [f"WARNING: {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
     if report["roofline"]:
         rows = [(f"batch {r['batch']}", "-".join(map(str, r["sizes"])), f"{x['lib']}/{x['device']}",
                  f"{x['gflops']:.1f}", f"{x['min_s'] * 1e3:.3f}", _si(x["samples_per_s"]))
@@ -89,21 +134,21 @@ def format_report(report: dict) -> str:
     rows = []
     for r in res:
         ref = by.get((r["workload"], r["variant"], "torch-cuda" if r["device"] == "cuda" else "torch"))
-        vs = f"{r['rate_median'] / ref['rate_median']:.2f}" if ref else ""
         roof = _roof_cell(r)
         rss = f"{r['peak_rss_mb']:.0f} (+{r['train_rss_mb']:.0f})" if "peak_rss_mb" in r else ""
         per = f"{r['us_per_sample']:.1f}" if "us_per_sample" in r else ""
         rows.append((f"{r['workload']} {r['variant']}", r["peer"], f"{r['median_s'] * 1e3:.1f}",
                      f"{r['min_s'] * 1e3:.1f}", f"{_si(r['rate_median'])} {r['unit']}", f"{_si(r['rate_best'])}",
-                     vs, roof, per, rss))
+                     _vs(r, ref), roof, _rounds_cell(r), per, rss))
     if rows:
         lines += _table(("workload", "peer", "median ms", "min ms", "rate (median)", "best", "vs torch",
-                         "roofline", "us/sample", "peak RSS MiB (+train)"), rows) + [""]
+                         "roofline", "rounds", "us/sample", "peak RSS MiB (+train)"), rows)
+        lines += ["(vs torch and roofline: medians of per-round values with their range; roofline = the "
+                  "round's fastest GEMM-only epoch / the peer's epoch; rounds: quiet rounds used / rounds run)", ""]
     if report["ratios"]:
         lines += ["ratios (speed: >1 means xpdnn is faster; RSS: <1 means xpdnn uses less)"]
-        lines += [f"  {k}: {v:.3f}" for k, v in report["ratios"].items()] + [""]
-    for s in report["skipped"]:
-        lines.append(f"skipped {s['workload']} {s['peer']}: {s['reason']}")
+        lines += [f"  {k}: {_value(v)}" for k, v in report["ratios"].items()] + [""]
+    lines += skipped_lines(report["skipped"])
     for e in report["errors"]:
         lines.append(f"ERROR {e['workload']} {e['variant']} {e['peer']}: {e['error']}")
     for variant, prof in report.get("profile", {}).items():
@@ -115,11 +160,13 @@ def format_report(report: dict) -> str:
 
 
 def _roof_cell(r) -> str:
-    """The roofline column: the per-round (paired) fraction where the run measured one, marked
-    "p", else the fraction against the best separately measured roofline."""
+    """The roofline column: the fraction paired per round where the run timed GEMM-only epochs
+    in its rounds (median and range), else the fraction against the separately measured
+    roofline, marked "apart" (GPU runs)."""
     if r.get("roofline_fraction_paired") is not None:
-        return f"{100 * r['roofline_fraction_paired']:.0f}% p"
-    return f"{100 * r['roofline_fraction']:.0f}%" if "roofline_fraction" in r else ""
+        lo, hi = r["roofline_fraction_paired_range"]
+        return f"{100 * r['roofline_fraction_paired']:.0f}% ({100 * lo:.0f}-{100 * hi:.0f})"
+    return f"{100 * r['roofline_fraction']:.0f}% apart" if "roofline_fraction" in r else ""
 
 
 def format_markdown(report: dict) -> str:
@@ -129,21 +176,24 @@ def format_markdown(report: dict) -> str:
     if isinstance(blas, list):
         blas = ", ".join(f"{d['internal_api']} {d.get('version') or ''} {d.get('architecture') or ''} "
                          f"x{d['num_threads']}".replace("  ", " ") for d in blas)
+    env = ", ".join(f"{k}={v}" for k, v in (m.get("env") or {}).items()) or "none set"
     lines = [f"{report['date']}, scale {c['scale']}, {c['repeat']} repeats, {c['threads']} threads; "
              f"{m['cpu']}, {m['usable_cores']} cores, {m.get('memory_gb')} GB, GPU: "
-             f"{', '.join(m.get('gpus') or []) or 'none'}; BLAS/OpenMP: {blas}; load average "
+             f"{', '.join(m.get('gpus') or []) or 'none'}; BLAS/OpenMP: {blas}; environment: {env}; "
+             f"compiled kernels: {m.get('jit', '?')}; load average "
              f"{m.get('loadavg')} at the start, {m.get('loadavg_end')} at the end; "
              + ", ".join(f"{k} {v}" for k, v in report["versions"].items()), ""]
+    lines += [f"**Warning:** {w}" for w in report.get("warnings", [])] + ([""] if report.get("warnings") else [])
     by = {(r["workload"], r["variant"], r["peer"]): r for r in report["results"]}
-    lines += ["| workload | peer | median ms | min ms | rate (median) | vs torch | GEMM roofline | peak RSS MiB (+train) |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["| workload | peer | median ms | min ms | rate (median) | vs torch (per round) | GEMM roofline "
+              "(per round) | rounds | peak RSS MiB (+train) |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["results"]:
         ref = by.get((r["workload"], r["variant"], "torch-cuda" if r["device"] == "cuda" else "torch"))
-        vs = f"{r['rate_median'] / ref['rate_median']:.2f}" if ref else ""
-        roof = _roof_cell(r)
         rss = f"{r['peak_rss_mb']:.0f} (+{r['train_rss_mb']:.0f})" if "peak_rss_mb" in r else ""
         lines.append(f"| {r['workload']} {r['variant']} | {r['peer']} | {r['median_s'] * 1e3:.1f} | "
-                     f"{r['min_s'] * 1e3:.1f} | {_si(r['rate_median'])} {r['unit']} | {vs} | {roof} | {rss} |")
+                     f"{r['min_s'] * 1e3:.1f} | {_si(r['rate_median'])} {r['unit']} | {_vs(r, ref)} | "
+                     f"{_roof_cell(r)} | {_rounds_cell(r)} | {rss} |")
     if report["roofline"]:
         lines += ["", "| GEMM roofline | lib | GFLOP/s | ms/step | samples/s |", "| --- | --- | ---: | ---: | ---: |"]
         lines += [f"| batch {r['batch']}, {'-'.join(map(str, r['sizes']))} | {x['lib']}/{x['device']} | "

@@ -30,7 +30,8 @@ SCALING_POINTS = ((32, 512), (128, 512), (512, 512), (2048, 512), (128, 128), (1
 
 
 # names of peers.PEERS; a run skips those this machine cannot run
-DEFAULT_PEERS = ("xpdnn-numpy", "xpdnn-torch", "torch", "sklearn", "numpy-loop", "xpdnn-cupy", "xpdnn-torch-cuda", "torch-cuda")
+DEFAULT_PEERS = ("xpdnn-numpy", "xpdnn-numpy-nojit", "xpdnn-torch", "torch", "sklearn", "numpy-loop", "xpdnn-cupy",
+                 "xpdnn-torch-cuda", "torch-cuda")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Config:
     profile: bool = False
     seed: int = 0
     quick: bool = False
+    retries: int = 2                      # extra rounds while fewer than ``repeat`` rounds were quiet
     notes: list = field(default_factory=list)
 
 

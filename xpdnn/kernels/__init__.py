@@ -4,9 +4,11 @@ Generic code (layers, losses, optimizers) calls one function per operation; the 
 at the arrays and picks the implementation: a CUDA kernel for CuPy arrays (CuPy RawKernel,
 compiled on first use, never at import), the NumPy fast path of :mod:`xpdnn.kernels.cpu`
 (in place, no temporaries) for NumPy arrays, or the portable Array-API code, which is the
-reference every fast path is tested against.  No other module branches on the array library to
-pick a fast path (as thinc's ``Ops`` objects and scikit-learn's ``utils/_array_api.py`` keep
-those choices together).
+reference every fast path is tested against.  With numba installed (the ``fast`` extra) the
+NumPy branch runs the compiled kernels of :mod:`xpdnn.kernels.jit` first, where they take the
+arrays; ``XPDNN_NO_JIT=1`` turns them off and :func:`jit_status` says which is in use.  No other
+module branches on the array library to pick a fast path (as thinc's ``Ops`` objects and
+scikit-learn's ``utils/_array_api.py`` keep those choices together).
 
 (The names differ from the submodules ``dropout`` and ``softmax_xent``, which hold the CUDA code.)
 Functions ending in ``_`` work in place.  Those with a portable alternative return whether they
@@ -17,16 +19,50 @@ documents); ``gemm_tn_acc_`` and ``blas_axpy_`` serve only the fused SGD step, a
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .. import _backend as B
 from . import check as check_kernels
 from . import cpu
 
+_jit_module = None          # the imported xpdnn.kernels.jit, or the reason it could not be
+
+
+def _jit():
+    """:mod:`xpdnn.kernels.jit` (imported on the first call, which imports numba) when numba is
+    installed and ``XPDNN_NO_JIT`` is not set to 1; else None."""
+    global _jit_module
+    if os.environ.get("XPDNN_NO_JIT", "").strip() == "1":
+        return None
+    if _jit_module is None:
+        try:
+            from . import jit as module
+        except ImportError as exc:           # numba missing, or too old/new for this NumPy
+            module = f"{type(exc).__name__}: {exc}"
+        _jit_module = module
+    return None if isinstance(_jit_module, str) else _jit_module
+
+
+def jit_status() -> str:
+    """One line for ``xpdnn info``: whether the compiled NumPy kernels are on, and why not."""
+    if os.environ.get("XPDNN_NO_JIT", "").strip() == "1":
+        return "off (XPDNN_NO_JIT=1)"
+    module = _jit()
+    if module is None:
+        if "No module named 'numba'" in str(_jit_module):
+            return 'off (numba is not installed: pip install "xpdnn[fast]")'
+        return f"off (numba did not import: {_jit_module})"
+    return f"on (numba {module.VERSION}; serial kernels compiled on first use, cached on disk)"
+
 
 def relu_(Y):
     """``relu(Y)``, in place on NumPy (the caller owns ``Y``)."""
     if cpu.handles(Y):
+        jit = _jit()
+        if jit is not None and jit.relu_(Y):
+            return Y
         return cpu.relu_(Y)
     from ..layers.activations import relu
     return relu(Y)
@@ -35,10 +71,42 @@ def relu_(Y):
 def relu_backward(dY, Y, *, inplace: bool):
     """``relu_backward(dY, Y)``; ``inplace`` lets NumPy write it into ``dY`` (which the caller
     owns: nobody else holds it)."""
-    if inplace and cpu.handles(dY, Y):
-        return cpu.relu_backward_(dY, Y)
+    if cpu.handles(dY, Y):
+        jit = _jit()
+        out = jit.relu_backward_bias(dY, Y, bias=False, inplace=inplace) if jit is not None else None
+        if out is not None:
+            return out[0]
+        if inplace:
+            return cpu.relu_backward_(dY, Y)
     from ..layers.activations import relu_backward as portable
     return portable(dY, Y)
+
+
+def bias_act_(Y, b, *, relu: bool):
+    """A Linear layer's output pass: ``Y + b`` (``b`` (M,) or None: no bias), then ReLU when
+    ``relu``, for the layer's new product ``Y = X @ W.T`` (N, M).  In place where the library
+    allows (one compiled pass with numba); the result is returned (JAX: a new array)."""
+    if cpu.handles(Y, *(() if b is None else (b,))):
+        jit = _jit()
+        if jit is not None and jit.bias_act_(Y, b, relu):
+            return Y
+    if b is not None:
+        Y += b                   # in place on NumPy, rebound on JAX
+    return relu_(Y) if relu else Y
+
+
+def relu_backward_bias(dY, Y, *, bias: bool, inplace: bool):
+    """A Linear(+ReLU) unit's backward before its GEMMs: ``(dX, db)`` with ``dX =
+    relu_backward(dY, Y)`` (``dY`` itself when ``Y`` is None: no ReLU) and ``db =
+    sum(dX, axis=0)`` when ``bias`` (else None).  ``inplace`` lets NumPy write dX into dY (the
+    caller owns it); with numba both come from one compiled pass."""
+    if cpu.handles(dY, *(() if Y is None else (Y,))):
+        jit = _jit()
+        out = jit.relu_backward_bias(dY, Y, bias=bias, inplace=inplace) if jit is not None else None
+        if out is not None:
+            return out
+    dX = dY if Y is None else relu_backward(dY, Y, inplace=inplace)
+    return dX, (B.namespace(dX).sum(dX, axis=0) if bias else None)
 
 
 def matmul_tn(dY, X, out=None):
@@ -77,7 +145,9 @@ def blas_axpy_(a, X, Y, scratch) -> None:
 def momentum_step_(W, g, v, lr, mu, scratch) -> bool:
     """``v = mu v + g; W -= lr v`` in place on NumPy; False elsewhere."""
     if cpu.handles(W, g, v):
-        cpu.momentum_step_(W, g, v, lr, mu, scratch)
+        jit = _jit()
+        if jit is None or not jit.momentum_step_(W, g, v, lr, mu):
+            cpu.momentum_step_(W, g, v, lr, mu, scratch)
         return True
     return False
 
@@ -133,6 +203,10 @@ def softmax_xent_loss(Z, y, *, weight, weight_like, ignore_index, label_smoothin
     if check:
         y = validate(y)
     if fused and cpu.handles(Z, y) and weight is None and label_smoothing == 0 and y.dtype.kind in "iu":
+        jit = _jit()        # compiled, for small logits; dZ is a new array (only CUDA honours inplace)
+        out = jit.softmax_xent(Z, y, ignore_index=ignore_index, reduction=reduction) if jit else None
+        if out is not None:
+            return out
         return cpu.softmax_xent(Z, y, ignore_index=ignore_index, reduction=reduction)
     return portable(y)
 
@@ -141,8 +215,9 @@ def apply_dropout(X, rate, seed, counter, *, fused, portable_mask, offset=0):
     """Inverted dropout of X with the Philox keep mask of ``(seed, counter)``, element ``i``
     addressed ``offset + i`` (:func:`xpdnn.random.keep_mask`): ``(Y, backprop)``.
     CuPy (``fused``): one CUDA kernel that regenerates the mask in backward (none stored);
-    NumPy: a bool mask applied with in-place ufuncs; elsewhere ``portable_mask()``, the scaled
-    mask as an array next to X."""
+    NumPy with numba: one compiled pass draws the mask, applies it and keeps it (bool) for
+    backward; NumPy without: a bool mask applied with in-place ufuncs; elsewhere
+    ``portable_mask()``, the scaled mask as an array next to X."""
     shape = tuple(X.shape)
 
     def check(dY):
@@ -157,6 +232,17 @@ def apply_dropout(X, rate, seed, counter, *, fused, portable_mask, offset=0):
             return kernel.dropout(dY, rate, seed, counter, offset)
 
         return kernel.dropout(X, rate, seed, counter, offset), backprop
+    jit = _jit() if cpu.handles(X) else None
+    fwd = jit.dropout_forward(X, rate, seed, counter, offset) if jit is not None else None
+    if fwd is not None:              # numba: the mask drawn and applied in one compiled pass
+        Y, keep = fwd
+
+        def backprop(dY):
+            check(dY)
+            out = jit.apply_keep(dY, keep, rate) if cpu.handles(dY) else None
+            return out if out is not None else cpu.apply_mask(dY, keep, 1.0 / (1.0 - rate))
+
+        return Y, backprop
     if cpu.handles(X):
         from .. import random as xrandom
         keep = xrandom.keep_mask(seed, counter, shape, rate, offset=offset)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _backend as B
 from .. import init as initializers
 from .. import kernels
 from .base import ACCUMULATE, Layer
@@ -56,20 +55,15 @@ class Linear(Layer):
         W = self.params["W"]
         if X.ndim != 2 or X.shape[1] != self._n_in:
             raise ValueError(f"Linear expects input of shape (N, {self._n_in}), got {tuple(X.shape)}")
-        Y = X @ W.T
-        if self.use_bias:
-            Y += self.params["b"]          # Y is new: in place on NumPy, rebound on JAX
-        if fuse_relu:
-            Y = kernels.relu_(Y)
+        # Y is new: the bias (and ReLU) go in place on NumPy, rebound on JAX
+        Y = kernels.bias_act_(X @ W.T, self.params["b"] if self.use_bias else None, relu=fuse_relu)
 
         def backprop(dY, sink=ACCUMULATE, own_dY=False):
-            xp = B.namespace(dY)
-            if fuse_relu:
-                dY = kernels.relu_backward(dY, Y, inplace=own_dY)
+            dY, db = kernels.relu_backward_bias(dY, Y if fuse_relu else None, bias=self.use_bias, inplace=own_dY)
             dX = dY @ W if input_grad else None      # before a fused step changes W
             sink.matmul_grad(self, "W", dY, X)
-            if self.use_bias:
-                sink.add(self, "b", xp.sum(dY, axis=0))
+            if db is not None:
+                sink.add(self, "b", db)
             return dX
 
         return Y, backprop
