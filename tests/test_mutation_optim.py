@@ -206,6 +206,7 @@ def test_a_shown_value_is_cut_to_80_characters():
     (lambda: xd.SGD(lr=0.0), "lr \\(the learning rate\\) must be > 0"),
     (lambda: StepDecay(0), "step_size must be >= 1"),
     (lambda: StepDecay(2.5), "step_size must be an integer, got 2.5$"),
+    (lambda: StepDecay(True), "step_size must be an integer, got True$"),
     (lambda: xd.CosineWarmup(0), "total must be >= 1"),
     (lambda: xd.CosineWarmup(5, warmup=1.5), "warmup must be an integer"),
     (lambda: xd.CosineWarmup(5, warmup=5), "warmup must be in \\[0, total=5\\), got 5"),
@@ -350,3 +351,31 @@ def test_sgd_without_momentum_keeps_no_state():
     assert opt.slots() == () and arrays == {}
     with pytest.raises(ValueError, match="unknown slot 'velocity' for SGD"):
         opt.check_state(meta, {"layers.0/W/velocity": np.zeros((2, 3))})
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=0.1), dict(lr=0.1, weight_decay=0.5), dict(lr=0.1, momentum=0.9),
+                                    dict(lr=0.1, momentum=0.9, weight_decay=0.5)])
+@pytest.mark.parametrize("decay", [True, False])
+def test_sgd_fused_update_takes_numpy_arrays_and_equals_the_plain_update(kwargs, decay):
+    """``fused_update`` (the update inside backprop, gradient ``dY.T @ X`` never stored) runs on
+    NumPy arrays, reports it, and gives the plain update's weights over two steps (the second
+    uses the velocity); weight decay only where ``decay`` says."""
+    rng = np.random.default_rng(0)
+    W0 = rng.standard_normal((3, 4))
+    fused, plain = xd.SGD(**kwargs), xd.SGD(**kwargs)
+    Wf, Wp = W0.copy(), W0.copy()
+    for _ in range(2):
+        dY, X = rng.standard_normal((5, 3)), rng.standard_normal((5, 4))
+        assert fused.fused_update("layers.0/W", Wf, dY, X, decay=decay) is True
+        Wp = plain.update("layers.0/W", Wp, dY.T @ X, decay=decay)
+        np.testing.assert_allclose(Wf, Wp, rtol=1e-13, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs", [dict(momentum=0.9, nesterov=True), dict(momentum=0.9, dampening=0.5)])
+def test_sgd_fused_update_declines_what_it_cannot_fuse(kwargs):
+    W = np.ones((3, 4))
+    opt = xd.SGD(lr=0.1, **kwargs)
+    assert opt.fused_update("layers.0/W", W, np.ones((5, 3)), np.ones((5, 4)), decay=True) is False
+    assert (W == 1).all() and opt.state == {}
+    f32 = np.ones((3, 4), dtype=np.float32)
+    assert xd.SGD(lr=0.1).fused_update("k", f32, torch.ones(5, 3), torch.ones(5, 4), decay=True) is False
