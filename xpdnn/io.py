@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import warnings
 
 import numpy as np
@@ -338,31 +337,14 @@ def _remove_stale_temporaries(folder: str, base: str) -> None:
 
 
 def _write_atomic(path: str, blob: bytes) -> None:
+    """Write ``blob`` to ``path`` whole or not at all (:func:`xpdnn.datasets.files.atomic_output`),
+    after removing temporaries that dead writers left next to it."""
+    from .datasets.files import atomic_output
+
     folder, base = os.path.split(os.path.abspath(path))
     _remove_stale_temporaries(folder, base)
-    tmp = os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # mode 0666 less the umask, as open() gives (mkstemp would always give 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:                          # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    with atomic_output(path) as f:
+        f.write(blob)
 
 
 # -- reading ---------------------------------------------------------------------------------

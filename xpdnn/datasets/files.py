@@ -937,7 +937,8 @@ def atomic_output(path, *, text: bool = False):
     """Open ``path`` for writing so that it appears whole or not at all: the data go to a
     temporary file in the same folder (``.<name>.<pid>.<random>.tmp``, mode 0666 less the
     umask, as ``open`` gives) that is flushed, fsynced and renamed over ``path`` when the
-    ``with`` block ends without an error, and removed when it raises."""
+    ``with`` block ends without an error (the folder is fsynced too, so the rename survives a
+    crash), and removed when it raises."""
     import secrets
 
     path = os.fspath(path)
@@ -954,3 +955,18 @@ def atomic_output(path, *, text: bool = False):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (where the platform lets a folder be opened)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
