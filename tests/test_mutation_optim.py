@@ -203,6 +203,8 @@ def test_a_shown_value_is_cut_to_80_characters():
     (lambda: xd.SGD(weight_decay=-1.0), "weight_decay must be >= 0"),
     (lambda: xd.SGD(dampening=1.5), "dampening must be in \\[0, 1\\]"),
     (lambda: xd.SGD(nesterov=2), "nesterov must be True or False"),
+    (lambda: xd.SGD(nesterov=True), "nesterov momentum needs momentum > 0 and dampening = 0$"),
+    (lambda: xd.SGD(momentum=0.5, dampening=0.1, nesterov=True), "nesterov momentum needs momentum > 0 and dampening = 0$"),
     (lambda: xd.SGD(lr=0.0), "lr \\(the learning rate\\) must be > 0"),
     (lambda: StepDecay(0), "step_size must be >= 1"),
     (lambda: StepDecay(2.5), "step_size must be an integer, got 2.5$"),
@@ -379,3 +381,57 @@ def test_sgd_fused_update_declines_what_it_cannot_fuse(kwargs):
     assert (W == 1).all() and opt.state == {}
     f32 = np.ones((3, 4), dtype=np.float32)
     assert xd.SGD(lr=0.1).fused_update("k", f32, torch.ones(5, 3), torch.ones(5, 4), decay=True) is False
+
+
+@pytest.mark.parametrize("odd", ["W", "dY", "X"])
+def test_sgd_fuses_only_when_every_array_is_numpy(odd):
+    arrays = {"W": np.ones((3, 4)), "dY": np.ones((5, 3)), "X": np.ones((5, 4))}
+    arrays[odd] = torch.from_numpy(arrays[odd])
+    opt = xd.SGD(lr=0.1, momentum=0.9)
+    assert opt.fused_update("layers.0/W", arrays["W"], arrays["dY"], arrays["X"], decay=True) is False
+    assert opt.state == {}
+
+
+def test_sgd_default_learning_rate_is_0_01():
+    """The signature's documented default (PyTorch's SGD has 1e-3)."""
+    W = xd.SGD().update("k", np.zeros(3), np.ones(3), decay=False)
+    np.testing.assert_array_equal(W, [-0.01] * 3)
+
+
+def test_an_optimizer_reused_for_parameters_of_another_shape_or_dtype_stays_exact():
+    """The work buffers of an update follow the parameter: an optimizer without state reused for
+    a network whose parameter at the same path has another shape or dtype updates it exactly."""
+    opt = xd.SGD(lr=0.5)
+    for W, g in ((np.zeros(3, dtype=np.float32), np.ones(3, dtype=np.float32)),
+                 (np.zeros(3), np.full(3, 1 / 3)),
+                 (np.zeros(4), np.full(4, 1 / 3)),
+                 (np.zeros((2, 2)), np.full((2, 2), 0.1))):
+        expected = W - 0.5 * g
+        W = opt.update("layers.0/W", W, g, decay=False)
+        assert W.dtype == g.dtype
+        np.testing.assert_array_equal(W, expected)
+
+
+def test_hyperparameter_checks_accept_their_ranges_and_quote_the_value():
+    from xpdnn.optim.base import flag, in_unit, integer, nonnegative, positive, real
+
+    assert real("a", 2) == 2.0 and positive("a", 1e-300) == 1e-300 and nonnegative("a", 0) == 0.0
+    assert in_unit("a", 0.0) == 0.0 and in_unit("a", 1.0, closed=True) == 1.0
+    assert integer("a", 3.0) == 3 and integer("a", 4, low=4, high=5) == 4 and integer("a", np.int64(2)) == 2
+    assert flag("a", 0) is False and flag("a", 1) is True and flag("a", np.bool_(True)) is True
+    for call, message in [
+            (lambda: real("a", True), "a must be a finite number, got True"),
+            (lambda: real("a", "1"), "a must be a finite number, got '1'"),
+            (lambda: real("a", [1]), "a must be a finite number, got \\[1\\]"),
+            (lambda: real("a", 10 ** 400), "a must be a finite number, got 1000000"),
+            (lambda: real("a", float("nan")), "a must be a finite number, got nan"),
+            (lambda: positive("a", 0), "a must be > 0, got 0"),
+            (lambda: nonnegative("a", -1), "a must be >= 0, got -1"),
+            (lambda: in_unit("a", 1.0), "a must be in \\[0, 1\\), got 1.0"),
+            (lambda: in_unit("a", 1.5, closed=True), "a must be in \\[0, 1\\], got 1.5"),
+            (lambda: integer("a", 5, high=5), "a must be < 5, got 5"),
+            (lambda: integer("a", -1, low=0), "a must be >= 0, got -1"),
+            (lambda: integer("a", "3"), "a must be an integer, got '3'"),
+            (lambda: flag("a", 2), "a must be True or False, got 2")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            call()
