@@ -1,7 +1,7 @@
 """Per-module summary of a mutmut 3 run: reads ``mutants/**/*.py.meta`` (the exit code of every
 mutant's test run, as mutmut stores it) and prints one row per module and a total.
 
-    python ci/mutation_summary.py [MUTANTS_DIR] [--only GLOB]
+    python ci/mutation_summary.py [MUTANTS_DIR] [--only GLOB ...]
 
 Exit codes follow mutmut's ``status_by_exit_code`` (mutmut/__main__.py): 1 and 3 mean a test
 failed (killed), 0 that every test passed (survived), 33 and 5 that no selected test reaches
@@ -49,7 +49,8 @@ def score(c: Counter) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mutants", nargs="?", default="mutants", help="mutmut's output folder (default: mutants)")
-    p.add_argument("--only", default=None, help="mutant-name glob, e.g. 'xpdnn.regularizers*'")
+    p.add_argument("--only", action="append", default=None,
+                   help="mutant-name glob, e.g. 'xpdnn.regularizers*' (repeat it for several)")
     p.add_argument("--survivors", action="store_true", help="also list the surviving mutants' names")
     args = p.parse_args(argv)
     root = Path(args.mutants)
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     for meta in metas:
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if args.only:
-            codes = {k: v for k, v in codes.items() if fnmatch.fnmatch(k, args.only)}
+            codes = {k: v for k, v in codes.items() if any(fnmatch.fnmatch(k, g) for g in args.only)}
         c = Counter(status(v) for v in codes.values())
         if not codes or sum(c[k] for k in COLUMNS if k != "not run") == 0:
             continue
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         total.update(c)
         survivors += sorted(k for k, v in codes.items() if status(v) == "survived")
     if not rows:
-        print("no mutant has been run yet" + (f" matching {args.only!r}" if args.only else ""))
+        print("no mutant has been run yet" + (f" matching {' or '.join(args.only)}" if args.only else ""))
         return 1
     width = max(len("module"), *(len(m) for m, _ in rows))
     head = f"{'module':<{width}}  " + "  ".join(f"{k:>8}" for k in COLUMNS) + "   score"
