@@ -187,7 +187,9 @@ class AllReduceGrads(StepGrads):
         super().finish()
         if self.buffer is not None:
             self.buffer[-1] = 0 if self.share is None else self.share
-            self.buffer = self.comm.allreduce(self.buffer)
+            summed = self.comm.allreduce(self.buffer)
+            if summed is not self.buffer:        # an engine without a device path returns a new
+                self.buffer[...] = summed        # array: the gradients are views of ours
             xp = B.namespace(self.buffer)
             self.loss = xp.asarray(self.buffer[-1], copy=True)
             return
@@ -198,6 +200,8 @@ class AllReduceGrads(StepGrads):
         grads = [layer.grads[name] for layer, name in self.params]
         share = self.share
         like = grads[0] if grads else share
+        if like is None:                         # no parameters and no rows here: a 0 on the host
+            like = np.zeros((), dtype=np.float64)
         xp = B.namespace(like)
         dtype = like.dtype if grads else xp.float64
         part = xp.zeros((1,), dtype=dtype, device=B.device(like)) if share is None \
