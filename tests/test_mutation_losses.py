@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 import xpdnn as xd
+from xpdnn import _backend as B
 from xpdnn.losses.base import Loss
 from xpdnn.losses.binary import softplus
 from xpdnn.losses.cross_entropy import SoftmaxCrossEntropy
+from xpdnn.losses.hierarchical import HierarchicalSoftmax
 
 torch = pytest.importorskip("torch")
 
@@ -277,3 +279,187 @@ def test_cross_entropy_follows_the_logits_device():
     for name in ("device1", "device2", "device1"):
         dev = aas.Device(name)
         assert ce.weights_like(aas.asarray(Z, device=dev)).device == dev
+
+
+# -- second mutation run: what the earlier tests left unasserted -----------------------------------------
+
+def test_a_loss_without_a_reduction_attribute_is_a_plain_mean():
+    """A loss that declares no ``reduction`` is taken as a row mean (the default of PyTorch's
+    losses, ``reduction='mean'``): its denominator is None, never an error."""
+    assert Loss().mean_denominator(np.array([0, 1, 2])) is None
+
+
+@pytest.mark.parametrize("kwargs", [dict(weight=[1.0, 2.0, 4.0]), dict(weight=[1.0, 2.0, 4.0], ignore_index=1),
+                                    dict(ignore_index=1)], ids=lambda k: ",".join(k))
+def test_mean_denominator_lives_on_the_labels_device(kwargs):
+    """array-api-strict has three devices and refuses operations that mix them: the weighted
+    mean's denominator is computed on the labels' own device, and its value is
+    ``sum_i w_{y_i}`` over the kept labels (torch.nn.CrossEntropyLoss's divisor)."""
+    aas = pytest.importorskip("array_api_strict")
+    y = np.array([0, 1, 2, 2, 1])
+    ce = SoftmaxCrossEntropy(**kwargs)
+    expected = float(ce.mean_denominator(y))
+    w = np.asarray(kwargs.get("weight", np.ones(3)))
+    assert expected == float(np.sum(w[y[y != kwargs.get("ignore_index", -100)]]))
+    for name in ("device1", "device2"):
+        dev = aas.Device(name)
+        den = ce.mean_denominator(aas.asarray(y, device=dev))
+        assert den.device == dev and den.shape == () and float(den) == expected
+
+
+@pytest.mark.parametrize("make, target", [
+    (lambda: xd.MultilabelHinge(), np.array([[1, -1, 1], [-1, -1, 1]])),
+    (lambda: xd.MultilabelHinge(squared=True), np.array([[1, -1, 1], [-1, -1, 1]])),
+    (lambda: xd.MulticlassHinge(), np.array([0, 2])),
+    (lambda: SoftmaxCrossEntropy(), np.array([0, 2])),
+    (lambda: xd.MSE(), np.zeros((2, 3))),
+    (lambda: xd.MultiLabelLogistic(), np.array([[1, 0, 1], [0, 0, 1]])),
+], ids=["multilabel", "multilabel-squared", "multiclass", "cross-entropy", "mse", "multilabel-logistic"])
+def test_scores_and_targets_from_two_array_libraries_are_refused(make, target):
+    """Logits and targets must come from one array library (the Array API standard does not
+    define operations between arrays of different libraries): the mix is refused with a
+    TypeError that names both, whichever of the two is the foreign one."""
+    Z = np.array([[0.5, -1.0, 2.0], [1.0, 0.0, -0.5]])
+    loss = make()
+    for scores, targets in ((Z, torch.from_numpy(target)), (torch.from_numpy(Z), target)):
+        with pytest.raises(TypeError, match=r"^arrays from different array libraries were mixed: "
+                                            r"numpy\.ndarray, torch\.Tensor; convert them to one library first$"):
+            loss(scores, targets)
+
+
+def test_hierarchical_softmax_config_rebuilds_its_initial_parameters():
+    """A layer's config (plain JSON values) rebuilds the same layer: with the same seed and
+    initializer name the rebuilt HierarchicalSoftmax starts from the same parameters (here
+    word2vec's all-zero node weights, Mikolov et al. 2013)."""
+    import json
+
+    from xpdnn.layers.base import layer_from_config, layer_to_config
+
+    for init in ("zeros", "he", "lecun"):
+        hs = HierarchicalSoftmax(3, 5, init=init, seed=7, dtype="float64")
+        again = layer_from_config(json.loads(json.dumps(layer_to_config(hs))))
+        assert again.get_config()["init"] == init
+        np.testing.assert_array_equal(B.to_numpy(again.params["W"]), B.to_numpy(hs.params["W"]))
+    assert not np.any(B.to_numpy(HierarchicalSoftmax(3, 5, init="zeros").params["W"]))
+
+
+def test_hierarchical_softmax_with_a_callable_initializer_still_saves(tmp_path):
+    """xpdnn.init.get passes a callable ``f(rng, n_in, n_out)`` through; a layer built with one
+    still has a JSON config (the callable is not serialisable) naming a registered initializer,
+    so it rebuilds, and a saved copy computes the same log-probabilities."""
+    import json
+
+    from xpdnn import init as initializers
+    from xpdnn.layers.base import layer_from_config, layer_to_config
+
+    def scaled(rng, n_in, n_out):
+        return 0.1 * rng.standard_normal((n_out, n_in))
+
+    hs = HierarchicalSoftmax(3, 6, init=scaled, seed=2, dtype="float64")
+    assert hs.params["W"].shape == (5, 3)
+    config = json.loads(json.dumps(layer_to_config(hs)))
+    assert callable(initializers.get(config["config"]["init"]))
+    again = layer_from_config(config)
+    assert again.get_config() == hs.get_config()
+    xd.save(hs, tmp_path / "hs.xpd")
+    loaded = xd.load(tmp_path / "hs.xpd")
+    H = np.random.default_rng(3).standard_normal((4, 3))
+    np.testing.assert_array_equal(B.to_numpy(loaded(H)), B.to_numpy(hs(H)))
+
+
+def test_class_labels_are_checked_at_their_exact_bounds(backend):
+    """Class labels are integers in ``[0, C)`` (torch.nn.CrossEntropyLoss's contract); labels
+    held as whole floats (a CSV column) are converted exactly, as long as a float64 holds the
+    integer exactly (below 2**53); ``ignore_index`` labels are exempt from the range."""
+    from xpdnn.losses.base import check_labels
+
+    def check(y, C, **kw):
+        return backend.numpy(check_labels(backend.asarray(np.asarray(y)), C, **kw))
+
+    out = check([0.0, 2.0, 1.0], 3)
+    assert out.dtype == np.int64 and out.tolist() == [0, 2, 1]
+    assert check([2.0 ** 53 - 1, 0.0], None).tolist() == [2 ** 53 - 1, 0]
+    for big in (2.0 ** 53, -(2.0 ** 53)):
+        with pytest.raises(ValueError, match="^y contains a label too large to be a class index$"):
+            check([0.0, big], None)
+    for empty in (np.zeros(0), np.zeros(0, dtype=np.int64)):
+        out = check(empty, 3)
+        assert out.shape == (0,) and out.dtype == np.int64
+    assert check([0, 2], 3).tolist() == [0, 2]                                     # C - 1 is a class
+    with pytest.raises(ValueError, match=r"^y contains class label 3 but the model has only 3 outputs "
+                                         r"\(labels must be in \[0, 2\]\)$"):
+        check([0, 3, 1], 3)
+    with pytest.raises(ValueError, match="^y contains negative class label -1$"):
+        check([0, -1, 2], 3)
+    with pytest.raises(ValueError, match="^y contains negative class label -2$"):
+        check([5, -2], None)                                                        # no C: still >= 0
+    # ignore_index: exempt wherever it lies, and a batch of nothing but ignored labels is fine
+    assert check([0, -100, 2], 3, ignore_index=-100).tolist() == [0, -100, 2]
+    assert check([7, 7], 3, ignore_index=7).tolist() == [7, 7]
+    assert check([-100, -100], 3, ignore_index=-100).tolist() == [-100, -100]
+    with pytest.raises(ValueError, match="^y contains class label 3 "):
+        check([0, -100, 3], 3, ignore_index=-100)
+
+
+def test_class_label_refusals_name_the_problem():
+    from xpdnn.losses.base import check_labels
+
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="^y contains NaN or Inf; class labels must be integers$"):
+            check_labels(np.array([0.0, bad]), 3)
+    with pytest.raises(ValueError, match="^y contains non-integer values; class labels must be integers$"):
+        check_labels(np.array([0.0, 1.5]), 3)
+    with pytest.raises(TypeError, match="^y must hold integer class labels, got dtype bool$"):
+        check_labels(np.array([True, False]), 3)
+    with pytest.raises(ValueError, match=r"^labels must be a 1-D array of class labels, got shape \(2, 1\)$"):
+        check_labels(np.zeros((2, 1), dtype=np.int64), 3, what="labels")
+    with pytest.raises(ValueError, match="^labels contains negative class label -1$"):
+        check_labels(np.array([-1]), 3, what="labels")
+
+
+@pytest.mark.parametrize("make", [lambda: xd.MultiLabelLogistic(), lambda: xd.MultiLabelLogistic(weight=[1.0, 2.0, 0.5]),
+                                  lambda: xd.BinaryCrossEntropy()], ids=["mll", "mll-weighted", "bce"])
+def test_logistic_mean_over_an_empty_batch_is_0_and_over_one_row_is_that_row(make):
+    """The mean over no rows is taken as 0 with an empty gradient (an empty shard in data-parallel
+    training contributes nothing), never 0/0; over one row it is that row's sum divided by the
+    mean's count (1 row for torch.nn.MultiLabelSoftMarginLoss, N K elements for
+    torch.nn.BCEWithLogitsLoss), and matches PyTorch."""
+    loss = make()
+    value, G = loss(np.zeros((0, 3)), np.zeros((0, 3)))
+    assert float(value) == 0.0 and G.shape == (0, 3)
+    X, T = np.array([[0.3, -2.0, 1.5]]), np.array([[1.0, 0.0, 0.0]])
+    mean, G = loss(X, T)
+    total, Gs = type(loss)(**{**loss.get_config(), "reduction": "sum"})(X, T)
+    count = 1 if isinstance(loss, xd.MultiLabelLogistic) else 3
+    assert float(mean) == pytest.approx(float(total) / count, rel=1e-15)
+    np.testing.assert_allclose(G, Gs / count, rtol=1e-15)
+    if isinstance(loss, xd.MultiLabelLogistic):
+        w = loss.weight
+        ref = torch.nn.MultiLabelSoftMarginLoss(weight=None if w is None else torch.from_numpy(w))
+    else:
+        ref = torch.nn.BCEWithLogitsLoss()
+    assert float(mean) == pytest.approx(ref(torch.from_numpy(X), torch.from_numpy(T)).item(), rel=1e-14)
+
+
+def test_huffman_ties_go_to_the_classes_first_giving_the_flattest_optimal_tree():
+    """huffman_tree returns balanced_tree's format (``("node", k)`` / ``("leaf", c)``).  Every
+    Huffman tree has the minimal expected path length; breaking ties in favour of the original
+    classes over merged subtrees (oldest merge first) picks, among those, the one of least depth
+    variance (Schwartz 1964, "Generating a canonical prefix encoding"), so equal or tied counts
+    give the balanced tree where one exists."""
+    from xpdnn.losses.hierarchical import balanced_tree, huffman_tree, path_tables
+
+    assert huffman_tree([1, 1, 1, 1]) == balanced_tree(4)
+    assert huffman_tree([1, 1, 2, 2]) == balanced_tree(4)           # the merged {0, 1} ties classes 2, 3
+    tied = huffman_tree([2, 2, 1, 1])
+    assert tied == [(("node", 1), ("node", 2)), (("leaf", 2), ("leaf", 3)), (("leaf", 0), ("leaf", 1))]
+    for counts in ([1, 1, 2, 2], [2, 2, 1, 1], [3, 1, 1, 2, 2, 2]):
+        depths = np.count_nonzero(path_tables(huffman_tree(counts), len(counts))[1], axis=1)
+        weights, optimum = sorted(counts), 0                      # Huffman's cost: the sum of the merges
+        while len(weights) > 1:
+            merged = weights.pop(0) + weights.pop(0)
+            optimum += merged
+            weights = sorted(weights + [merged])
+        assert int(np.dot(counts, depths)) == optimum
+        if len(counts) == 4:
+            assert list(depths) == [2, 2, 2, 2]
