@@ -284,7 +284,7 @@ class Trainer:
                 cb.on_epoch_begin(self, epoch)
             logs = self._train_epoch(stream, X, y, epoch)
             if val is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(*val).items()})
+                logs.update({f"val_{k}": v for k, v in self._evaluate(*val).items()})
             self.epoch = epoch + 1
             self._end_epoch(epoch, logs)
             if self.stop_training:
@@ -395,7 +395,20 @@ class Trainer:
 
     def evaluate(self, X, y, batch_size: int = 4096) -> dict:
         """Mean loss (and ``accuracy`` where the loss's output head has one, see
-        :mod:`xpdnn.heads`) of the net on (X, y)."""
+        :mod:`xpdnn.heads`) of the net on (X, y): raw data, checked as ``fit`` checks it and
+        passed through the network's fitted preprocessing (as ``fit`` does with ``validation``
+        and ``predict`` with its input), like Keras's ``Model.evaluate``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        pre = getattr(self.net, "preprocessing", None)
+        if pre is not None and not pre.fitted:
+            raise ValueError(f"the network's {type(pre).__name__} is not fitted: train the network (fit) "
+                             "before evaluating it")
+        X, y = self._check_data(X, y)
+        return self._evaluate(X, y, batch_size)
+
+    def _evaluate(self, X, y, batch_size: int = 4096) -> dict:
+        """:meth:`evaluate` on data already checked and preprocessed (``fit``'s validation pair)."""
         place = self.device is not None and B.is_numpy(X)     # host data for a net on ``device``
         head = heads.head_of(self.loss)
         N = X.shape[0]
