@@ -148,7 +148,7 @@ def _no_current_communicator(monkeypatch):
 
 # -- networks, data, reference runs ------------------------------------------------------------
 
-class ScalarGain(Layer):
+class _ScalarGain(Layer):
     """``Y = g X`` with a 0-d parameter ``g`` (a scalar parameter has one slot in the buffer)."""
 
     def __init__(self, value: float = 1.25, dtype: str = "float64"):
@@ -174,7 +174,7 @@ class ScalarGain(Layer):
         return Y, backprop
 
 
-class Float32Shift(Layer):
+class _Float32Shift(Layer):
     """``Y = X + b`` whose parameter ``b`` (and its gradient) stay float32 in a float64 net:
     the gradients then have two dtypes, which no single flat buffer holds."""
 
@@ -217,10 +217,10 @@ def mlp(dtype="float64", dropout=0.0):
 
 NETS = {
     "mlp": mlp,
-    "gain": lambda: xd.Sequential(xd.Linear(5, 4, dtype="float64"), ScalarGain(), xd.Tanh(dtype="float64"),
+    "gain": lambda: xd.Sequential(xd.Linear(5, 4, dtype="float64"), _ScalarGain(), xd.Tanh(dtype="float64"),
                                   xd.Linear(4, 3, dtype="float64")),
     "one_param": lambda: xd.Sequential(xd.Linear(5, 3, use_bias=False, dtype="float64")),
-    "mixed": lambda: xd.Sequential(xd.Linear(5, 4, dtype="float64"), Float32Shift(4), ScalarGain(),
+    "mixed": lambda: xd.Sequential(xd.Linear(5, 4, dtype="float64"), _Float32Shift(4), _ScalarGain(),
                                    xd.Tanh(dtype="float64"), xd.Linear(4, 3, dtype="float64")),
 }
 
@@ -326,7 +326,7 @@ def one_step(comm, make_net, make_loss, X, y, *, like=None):
     if like is not None and not B.is_numpy(like):     # (moving would make a 0-d parameter (1,))
         net.to(like=like)
     for _, layer in net.named_layers():
-        if isinstance(layer, Float32Shift):
+        if isinstance(layer, _Float32Shift):
             layer.keep_float32()
     rows = X.shape[0]
     lo, hi = (comm.rank * rows // comm.size, (comm.rank + 1) * rows // comm.size) if comm else (0, rows)
