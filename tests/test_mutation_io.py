@@ -81,7 +81,15 @@ def _edit(meta, where, value):
     return meta
 
 
-_DELETE = object()
+class _Deleted:
+    """Marks a field to remove; its fixed repr keeps the test ids the same from run to run
+    (mutmut and pytest's --lf select tests by id)."""
+
+    def __repr__(self):
+        return "<deleted>"
+
+
+_DELETE = _Deleted()
 _I63, _U64 = 2 ** 63, 2 ** 64
 
 # (where in the metadata, new value, what the message says); messages quoted in full where short
