@@ -456,17 +456,7 @@ def test_non_finite_weights_after_an_epochs_last_step_are_rolled_back(check_ever
 
 # -- EarlyStopping and ModelCheckpoint at their edges --------------------------------------------
 
-class _Net:
-    """A stand-in network whose weights at epoch e are ``[e, -e]``."""
-
-    def __init__(self):
-        self.W = np.zeros(2)
-
-    def state_arrays(self):
-        return {"W": self.W}
-
-    def load_state_arrays(self, arrays):
-        self.W = np.asarray(arrays["W"]).copy()
+from test_properties import _FakeNet as _Net   # noqa: E402  (a stand-in network: weights W, state arrays)
 
 
 class _T:
